@@ -1,0 +1,1 @@
+"""Ray actors and Serve deployments that wrap the Ray-free pieces of `pipeline/`."""

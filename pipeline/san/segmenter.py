@@ -1,0 +1,174 @@
+"""`Segmenter`: the stateful front of the pure `SAN` module — preprocessing, vocabulary caching, batching
+images with different vocabularies into one forward pass, and post-processing.
+
+Images are grouped by their padded size and each group runs as one batched forward; the visual part does not
+depend on the vocabulary, so only the final [Q, D] x [D, C + 1] classification differs per image. Grouping by
+size (instead of padding a whole batch to its largest image, as the official code does) keeps every image's
+result independent of what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import open_clip
+import torch
+
+from pipeline.san.model import SAN
+from pipeline.san.postprocess import class_probabilities, postprocess
+from pipeline.san.preprocess import (
+    ImageGeometry,
+    Resizer,
+    check_image,
+    choose_resizer,
+    geometry,
+    normalize_and_pad,
+    resize_pil,
+    resize_torch,
+)
+from pipeline.san.vocabulary import (
+    VILD_TEMPLATES,
+    ClassifierCache,
+    Vocabulary,
+    template_prompts,
+    validate_vocabulary,
+)
+
+# Text-tower sequences encoded per chunk when building a classifier (bounds memory for 1,000 classes).
+TEXT_CHUNK = 1024
+
+
+@dataclass
+class Segmentation:
+    """The result for one image, at the image's own resolution.
+
+    Attributes:
+        vocabulary: the class names; index c in `labels`, `areas` and `scores` is `vocabulary[c]`.
+        labels: H x W int32 class indices (None when `return_labels=False`).
+        areas: int64 [C], pixels labelled with each class; sums to H * W.
+        scores: float32 [C, H, W] per-class scores, only with `return_scores=True`.
+    """
+
+    vocabulary: Vocabulary
+    labels: np.ndarray | None
+    areas: np.ndarray
+    scores: np.ndarray | None = None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Segmenter:
+    """Segments batches of RGB images, each with its own vocabulary.
+
+    Args:
+        model: a `SAN` (see `pipeline.san.load_checkpoint`); moved to `device` and put in eval mode.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        dtype: compute precision. float32 everywhere; bfloat16/float16 run the network under autocast on CUDA
+            (bfloat16 also on CPU). Text embeddings and post-processing stay in float32.
+        resizer: "pil" (bit-exact official resize), "torch" (GPU resize) or "auto" (PIL on CPU, torch on CUDA).
+        max_vocabularies: classifier cache size (distinct vocabularies kept).
+    """
+
+    def __init__(
+        self,
+        model: SAN,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        resizer: Resizer = "auto",
+        max_vocabularies: int = 256,
+    ) -> None:
+        self.device = resolve_device(device)
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        if dtype == torch.float16 and self.device.type != "cuda":
+            raise ValueError("float16 inference needs a CUDA device; use float32 or bfloat16 on CPU")
+        self.dtype = dtype
+        self.model = model.to(self.device).eval()
+        self.resizer = choose_resizer(resizer, self.device)
+        self.tokenizer = open_clip.get_tokenizer(model.config.tokenizer)
+        self.classifiers = ClassifierCache(self._build_classifier, max_entries=max_vocabularies)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def _build_classifier(self, vocabulary: Vocabulary) -> torch.Tensor:
+        prompts = template_prompts(vocabulary)
+        flat = [prompt for per_template in prompts for prompt in per_template]
+        tokens = self.tokenizer(flat).to(self.device)
+        per_prompt = torch.cat(
+            [self.model.ov_classifier.encode(chunk).float() for chunk in tokens.split(TEXT_CHUNK)]
+        )
+        mean = per_prompt.reshape(len(VILD_TEMPLATES), len(vocabulary), -1).mean(dim=0)
+        class_embeddings = torch.nn.functional.normalize(mean, dim=-1)
+        rows = torch.cat([class_embeddings, self.model.ov_classifier.bg_embed.float()])
+        scale = self.model.ov_classifier.logit_scale.float().exp()
+        return torch.nn.functional.normalize(rows, dim=-1) * scale
+
+    def classifier(self, vocabulary: Sequence[str]) -> torch.Tensor:
+        """Cached classifier [C + 1, D] (float32) for a vocabulary."""
+        return self.classifiers.get(validate_vocabulary(vocabulary))
+
+    def _prepare(self, image: np.ndarray, geom: ImageGeometry) -> torch.Tensor:
+        if self.resizer == "pil":
+            return resize_pil(image, geom.resized).to(self.device)
+        tensor = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1)
+        return resize_torch(tensor, geom.resized)
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        vocabularies: Sequence[Sequence[str]],
+        *,
+        return_labels: bool = True,
+        return_scores: bool = False,
+    ) -> list[Segmentation]:
+        """Segment `images` (H x W x 3 uint8 RGB, any sizes); image i is classified with `vocabularies[i]`."""
+        if len(images) != len(vocabularies):
+            raise ValueError(
+                f"got {len(images)} images but {len(vocabularies)} vocabularies; give one vocabulary per image"
+            )
+        checked = [check_image(image, index) for index, image in enumerate(images)]
+        vocabs = [
+            validate_vocabulary(vocabulary, label=f"vocabularies[{index}]")
+            for index, vocabulary in enumerate(vocabularies)
+        ]
+        geoms = [geometry(image.shape[0], image.shape[1]) for image in checked]
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, geom in enumerate(geoms):
+            by_size[geom.padded].append(index)
+
+        results: list[Segmentation | None] = [None] * len(checked)
+        param_dtype = next(self.model.parameters()).dtype
+        for padded, members in by_size.items():
+            batch = normalize_and_pad([self._prepare(checked[i], geoms[i]) for i in members], padded)
+            with self._autocast():
+                output = self.model(batch.to(param_dtype))
+            embeddings = output.mask_embeddings.float()
+            for slot, index in enumerate(members):
+                logits = embeddings[slot] @ self.classifiers.get(vocabs[index]).T
+                processed = postprocess(
+                    output.mask_logits[slot],
+                    class_probabilities(logits),
+                    geoms[index],
+                    return_labels=return_labels,
+                    return_scores=return_scores,
+                )
+                results[index] = Segmentation(
+                    vocabulary=vocabs[index],
+                    labels=None if processed.labels is None else processed.labels.to(torch.int32).cpu().numpy(),
+                    areas=processed.areas.cpu().numpy(),
+                    scores=None if processed.scores is None else processed.scores.cpu().numpy(),
+                )
+        return [result for result in results if result is not None]
