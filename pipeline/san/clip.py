@@ -43,7 +43,11 @@ class ResidualAttentionBlock(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))]
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
             )
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +22,7 @@ class MLP(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
         make = (lambda i, o: nn.Conv2d(i, o, 1)) if conv else nn.Linear
-        self.layers = nn.ModuleList(make(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(make(i, o) for i, o in pairwise(dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
@@ -40,7 +42,13 @@ class MaskDecoder(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, heads: int, layers: int, embed_channels: int, mlp_channels: int, mlp_layers: int
+        self,
+        in_channels: int,
+        heads: int,
+        layers: int,
+        embed_channels: int,
+        mlp_channels: int,
+        mlp_layers: int,
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -50,7 +58,9 @@ class MaskDecoder(nn.Module):
         self.attn_mlp = MLP(in_channels, mlp_channels, embed_channels * heads * layers, mlp_layers, conv=True)
         self.bias_scaling = nn.Linear(1, 1)
 
-    def forward(self, queries: torch.Tensor, pixel_map: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, queries: torch.Tensor, pixel_map: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """queries [B, Q, Ws], pixel_map [B, Ws, h, w] -> (mask logits [B, Q, h, w], [bias [B, heads, Q, h, w]])."""
         query = self.query_mlp(queries)
         pixels = self.pix_mlp(pixel_map)
@@ -113,7 +123,9 @@ class RecognitionHead(nn.Module):
                 # Only the SLS tokens are read after the final block; skip the CLS/patch rows.
                 x = x[:, :queries]
             else:
-                rest = F.scaled_dot_product_attention(q[:, :, queries:], k, v, attn_mask=rest_mask.to(q.dtype))
+                rest = F.scaled_dot_product_attention(
+                    q[:, :, queries:], k, v, attn_mask=rest_mask.to(q.dtype)
+                )
                 attended = torch.cat([attended, rest], dim=2)
             x = x + block.merge_heads(attended)
             x = x + block.mlp(block.ln_2(x))

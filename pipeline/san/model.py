@@ -62,7 +62,9 @@ class SAN(nn.Module):
 
     def clip_input(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP sees the padded, normalized batch scaled by `clip_resolution` (bilinear, by scale factor)."""
-        return F.interpolate(images, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False)
+        return F.interpolate(
+            images, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False
+        )
 
     def extract_clip(self, images: torch.Tensor) -> ClipFeatures:
         return self.clip_visual_extractor(self.clip_input(images), keep=self._clip_depths)

@@ -20,7 +20,9 @@ from pipeline.san.preprocess import ImageGeometry
 BAND_ELEMENTS = 32 * 1024 * 1024
 
 
-def resize_matrix(mask_len: int, padded: int, resized: int, original: int, device: torch.device) -> torch.Tensor:
+def resize_matrix(
+    mask_len: int, padded: int, resized: int, original: int, device: torch.device
+) -> torch.Tensor:
     """[original, mask_len] matrix equal to: linear upsample to `padded`, crop to `resized`, linear resize to
     `original` (align_corners False), along one axis."""
     eye = torch.eye(mask_len, device=device, dtype=torch.float64)[None]
@@ -67,7 +69,9 @@ def postprocess(
     probs_t = probabilities.float().T.contiguous()  # [C, Q]
     band = max(1, BAND_ELEMENTS // max(1, queries * width))
     labels = torch.empty(height, width, dtype=torch.long, device=device) if return_labels else None
-    scores = torch.empty(classes, height, width, dtype=torch.float32, device=device) if return_scores else None
+    scores = (
+        torch.empty(classes, height, width, dtype=torch.float32, device=device) if return_scores else None
+    )
     areas = torch.zeros(classes, dtype=torch.long, device=device)
     # Columns first: [Q, h, W] is small and shared by every band.
     wide = torch.matmul(masks, cols_matrix.T)

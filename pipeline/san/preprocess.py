@@ -39,7 +39,9 @@ class ImageGeometry:
     padded: tuple[int, int]
 
 
-def resized_size(height: int, width: int, short: int = SHORT_SIDE, max_long: int = MAX_LONG_SIDE) -> tuple[int, int]:
+def resized_size(
+    height: int, width: int, short: int = SHORT_SIDE, max_long: int = MAX_LONG_SIDE
+) -> tuple[int, int]:
     """detectron2 `ResizeShortestEdge` sizes: scale the short side to `short`, cap the long side at
     `max_long`, round half up."""
     scale = short / min(height, width)
@@ -82,7 +84,9 @@ def resize_torch(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [3, H, W] (any device) -> float [3, h, w]: antialiased bilinear, rounded to uint8 levels like PIL."""
     if tuple(image.shape[1:]) == size:
         return image.float()
-    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    resized = F.interpolate(
+        image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )
     return resized[0].round_().clamp_(0, 255)
 
 

@@ -167,7 +167,9 @@ class Segmenter:
                 )
                 results[index] = Segmentation(
                     vocabulary=vocabs[index],
-                    labels=None if processed.labels is None else processed.labels.to(torch.int32).cpu().numpy(),
+                    labels=None
+                    if processed.labels is None
+                    else processed.labels.to(torch.int32).cpu().numpy(),
                     areas=processed.areas.cpu().numpy(),
                     scores=None if processed.scores is None else processed.scores.cpu().numpy(),
                 )

@@ -101,7 +101,9 @@ class AddFusion(nn.Module):
         super().__init__()
         self.input_proj = nn.Sequential(ChannelLayerNorm(clip_width), nn.Conv2d(clip_width, side_width, 1))
 
-    def forward(self, patch_tokens: torch.Tensor, clip_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, patch_tokens: torch.Tensor, clip_map: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
         projected = F.interpolate(self.input_proj(clip_map), size=grid, mode="bilinear", align_corners=False)
         return patch_tokens + projected.flatten(2).transpose(1, 2)
 
@@ -123,7 +125,10 @@ class SideAdapterNetwork(nn.Module):
         # Keyed by side index; `clip_source` says which CLIP depth feeds each one.
         self.clip_source = {side_idx: clip_idx for clip_idx, side_idx in config.fusion_map.items()}
         self.fusion_layers = nn.ModuleDict(
-            {f"layer_{side_idx}": AddFusion(config.clip_visual.width, side.width) for side_idx in self.clip_source}
+            {
+                f"layer_{side_idx}": AddFusion(config.clip_visual.width, side.width)
+                for side_idx in self.clip_source
+            }
         )
         self.mask_decoder = MaskDecoder(
             in_channels=side.width,
@@ -134,7 +139,9 @@ class SideAdapterNetwork(nn.Module):
             mlp_layers=config.decoder.mlp_layers,
         )
 
-    def _fuse(self, side_idx: int, x: torch.Tensor, clip: ClipFeatures, grid: tuple[int, int]) -> torch.Tensor:
+    def _fuse(
+        self, side_idx: int, x: torch.Tensor, clip: ClipFeatures, grid: tuple[int, int]
+    ) -> torch.Tensor:
         if side_idx not in self.clip_source:
             return x
         queries, patches = x[:, : self.num_queries], x[:, self.num_queries :]
@@ -142,9 +149,7 @@ class SideAdapterNetwork(nn.Module):
         patches = fusion(patches, clip.spatial_map(self.clip_source[side_idx]), grid)
         return torch.cat([queries, patches], dim=1)
 
-    def forward_features(
-        self, images: torch.Tensor, clip: ClipFeatures
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, images: torch.Tensor, clip: ClipFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the side ViT on normalized, padded images [B, 3, H, W].
 
         Returns:
@@ -155,7 +160,9 @@ class SideAdapterNetwork(nn.Module):
         grid = (grid_h, grid_w)
         pos = resize_grid_embedding(self.vit_model.pos_embed[0], self.vit_model.native_grid, grid)
         pos = torch.cat([self.query_pos_embed[0], pos]).to(patches.dtype)
-        x = torch.cat([self.query_embed.to(patches.dtype).expand(batch, -1, -1), patches.flatten(2).transpose(1, 2)], 1)
+        x = torch.cat(
+            [self.query_embed.to(patches.dtype).expand(batch, -1, -1), patches.flatten(2).transpose(1, 2)], 1
+        )
         # The position embedding is re-added before every block, not only the first (official behaviour).
         x = self._fuse(0, x + pos, clip, grid)
         blocks = self.vit_model.blocks
