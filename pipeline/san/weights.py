@@ -142,12 +142,12 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
             f"weights file {path} does not exist; check the path given to --weights"
         )
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
-        except (SafetensorsError, OSError, ValueError) as error:
+        except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({error})") from error
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,1 @@
+"""The `sanstream` command line."""

@@ -1,0 +1,36 @@
+"""Entry point of the `sanstream` command: one sub-command per task, errors a user can act on."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline.cli import segment, weights
+from pipeline.errors import USER_ERRORS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sanstream", description="Open-vocabulary semantic segmentation of video (SAN) at cluster scale."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    segment.add_parser(subparsers)
+    weights.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as error:
+        print(f"sanstream {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`sanstream segment`: segment still images and see the result — the quickest check that the model works."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.overlay import render_overlay
+from pipeline.san import Segmenter, load_checkpoint, parse_vocabulary_text
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class InputImageError(ValueError):
+    """An image path that cannot be read as an image."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        default="san_vit_b_16",
+        help="released name (san_vit_b_16, san_vit_large_14), a checkpoint file, or 'random' (default: %(default)s)",
+    )
+    parser.add_argument("--model", default=None, help="model preset; inferred from --weights when omitted")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute precision")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("segment", help="segment images and write overlays with a legend")
+    parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    parser.add_argument(
+        "--vocab",
+        required=True,
+        help='class names separated by commas ("person,car,tree"), or by semicolons when a class has synonyms '
+        '("car, automobile; person")',
+    )
+    parser.add_argument("--out", type=Path, default=Path("sanstream-out"), help="folder for the overlay PNGs")
+    add_model_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB pixels with EXIF orientation applied, as the official evaluation reads images."""
+    if not path.is_file():
+        raise InputImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputImageError(f"{path}: not a readable image ({error}); give a PNG or JPEG file") from error
+
+
+def area_table(name: str, vocabulary: tuple[str, ...], areas: np.ndarray) -> Table:
+    table = Table(title=name)
+    table.add_column("class")
+    table.add_column("pixels", justify="right")
+    table.add_column("fraction", justify="right")
+    total = max(int(areas.sum()), 1)
+    for index in np.argsort(-areas, kind="stable"):
+        table.add_row(vocabulary[index], f"{int(areas[index]):,}", f"{areas[index] / total:.2%}")
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    vocabulary = parse_vocabulary_text(args.vocab)
+    model = load_checkpoint(args.weights, model=args.model)
+    if args.weights == "random":
+        console.print(
+            "[yellow]using random weights: the masks are meaningless (pipeline check only)[/yellow]"
+        )
+    segmenter = Segmenter(model, device=args.device, dtype=DTYPES[args.dtype])
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        try:
+            image = read_image(path)
+        except InputImageError as error:
+            console.print(f"[red]skipped[/red] {error}")
+            failures += 1
+            continue
+        result = segmenter.segment([image], [vocabulary])[0]
+        target = args.out / f"{path.stem}_san.png"
+        render_overlay(image, result.labels, vocabulary, result.areas).save(target)
+        console.print(area_table(f"{path} -> {target}", vocabulary, result.areas))
+    if failures:
+        print(f"{failures} of {len(args.images)} images could not be read", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,52 @@
+"""Video decoding for the frame path: source -> sampled, upright RGB `Frame`s, with no Ray inside.
+
+Modules: `source` opens inputs safely (allowlist, timeouts), `sampling` picks frames, `decoder` yields
+them, `orientation` applies rotation metadata, `queues` buffers them between threads, `probe` describes a
+source up front, and `errors` holds the exceptions users act on.
+"""
+
+from pipeline.decode.decoder import DecodeStats, VideoDecoder, decode_frames, iter_frames
+from pipeline.decode.errors import (
+    DecodeError,
+    NotAVideo,
+    ProtocolNotAllowed,
+    SourceNotFound,
+    SourceStalled,
+    SourceUnreachable,
+)
+from pipeline.decode.probe import VideoInfo, probe
+from pipeline.decode.queues import FrameQueue, QueueClosed, QueuePolicy, frame_queue
+from pipeline.decode.sampling import FrameSelector, Sampler
+from pipeline.decode.source import (
+    DEFAULT_ALLOWED_PROTOCOLS,
+    OpenedSource,
+    SourceOptions,
+    open_source,
+    source_scheme,
+)
+
+__all__ = [
+    "DEFAULT_ALLOWED_PROTOCOLS",
+    "DecodeError",
+    "DecodeStats",
+    "FrameQueue",
+    "FrameSelector",
+    "NotAVideo",
+    "OpenedSource",
+    "ProtocolNotAllowed",
+    "QueueClosed",
+    "QueuePolicy",
+    "Sampler",
+    "SourceNotFound",
+    "SourceOptions",
+    "SourceStalled",
+    "SourceUnreachable",
+    "VideoDecoder",
+    "VideoInfo",
+    "decode_frames",
+    "frame_queue",
+    "iter_frames",
+    "open_source",
+    "probe",
+    "source_scheme",
+]

@@ -1,0 +1,84 @@
+"""Field-path validation of plain data (parsed YAML): every problem is collected, none stops the parse.
+
+Reporting all problems at once, each under the path a user can find in their file
+(`streams[1].sampling.fps`), saves the edit-run-fail loop one typo at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class Checker:
+    """Collects problems while parsing so one run reports all of them."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.problems: list[tuple[str, str]] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append((path, message))
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any] | None:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.error(path, f"must be a mapping with keys {', '.join(allowed)}, got {describe(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                tip = f"did you mean {hint[0]!r}?" if hint else f"allowed keys: {', '.join(allowed)}"
+                self.error(join_path(path, str(key)), f"unknown key {key!r}; {tip}")
+        return dict(value)
+
+    def string(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.error(
+                path,
+                "must be a non-empty string" + ("" if isinstance(value, str) else f", got {describe(value)}"),
+            )
+            return None
+        return value.strip()
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.error(path, f"must be true or false, got {describe(value)}")
+            return None
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, f"must be an integer, got {describe(value)}")
+            return None
+        if value < minimum:
+            self.error(path, f"must be >= {minimum}, got {value}")
+            return None
+        return value
+
+    def number(self, value: Any, path: str, lower: float, inclusive: bool) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, f"must be a number, got {describe(value)}")
+            return None
+        if not math.isfinite(value) or value < lower or (value == lower and not inclusive):
+            self.error(path, f"must be {'>=' if inclusive else '>'} {lower:g}, got {value}")
+            return None
+        return float(value)
+
+    def local_path(self, text: str) -> str:
+        """Absolute form of a path relative to the spec's directory; symlinks are kept as the user wrote them."""
+        path = Path(text).expanduser()
+        return os.path.abspath(path if path.is_absolute() else self.base_dir / path)
+
+
+def describe(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def join_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

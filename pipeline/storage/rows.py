@@ -1,0 +1,128 @@
+"""Turn frame-path records into Arrow tables that match `schema` exactly.
+
+Columns are built as whole numpy/Arrow arrays: at 1000 classes and dozens of frames per second a
+per-row dict would cost more than the segmentation's own bookkeeping. Constant string columns are
+produced with `take` on a one-element array rather than Python lists of repeated strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.frames import FrameAreas
+from pipeline.storage.schema import CLASS_AREAS, FRAMES, VOCABULARIES, table_spec
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    return pc.take(pa.array([value], pa.string()), pa.array(np.zeros(n, dtype=np.int32)))
+
+
+def class_area_rows(areas: FrameAreas, vocabulary: Sequence[str], job_id: str) -> pa.Table:
+    """One `class_areas` row per vocabulary class for one frame, zero-pixel classes included.
+
+    Zeros are kept so that "class absent" is a row with fraction 0 rather than a missing row, which
+    makes means over time correct without knowing the frame count.
+    """
+    return class_area_table([areas], vocabulary, job_id)
+
+
+def class_area_table(areas: Sequence[FrameAreas], vocabulary: Sequence[str], job_id: str) -> pa.Table:
+    """`class_areas` rows for several frames of one stream that share `vocabulary`, frame-major."""
+    n_classes = len(vocabulary)
+    if n_classes == 0:
+        raise ValueError("vocabulary is empty; a stream needs at least one class")
+    if not areas:
+        return CLASS_AREAS.empty_table()
+    stream_id = areas[0].stream_id
+    pixels = np.empty((len(areas), n_classes), dtype=np.int64)
+    frame_area = np.empty(len(areas), dtype=np.int64)
+    for i, item in enumerate(areas):
+        if item.stream_id != stream_id:
+            raise ValueError(f"frames of streams {stream_id!r} and {item.stream_id!r} mixed in one batch")
+        counts = np.asarray(item.pixels)
+        if counts.shape != (n_classes,):
+            raise ValueError(
+                f"stream {stream_id!r} frame {item.frame_index}: pixels has shape {counts.shape}, "
+                f"expected ({n_classes},) for a {n_classes}-class vocabulary"
+            )
+        if item.height <= 0 or item.width <= 0:
+            raise ValueError(
+                f"stream {stream_id!r} frame {item.frame_index}: empty frame {item.width}x{item.height}"
+            )
+        pixels[i] = counts
+        frame_area[i] = item.height * item.width
+
+    n_rows = pixels.size
+    frame_index = np.fromiter((a.frame_index for a in areas), dtype=np.int64, count=len(areas))
+    pts = np.fromiter((a.pts_seconds for a in areas), dtype=np.float64, count=len(areas))
+    class_ids = np.tile(np.arange(n_classes, dtype=np.int32), len(areas))
+    fraction = (pixels / frame_area[:, None]).reshape(-1)
+    columns = [
+        _repeat(job_id, n_rows),
+        _repeat(stream_id, n_rows),
+        pa.array(np.repeat(frame_index, n_classes)),
+        pa.array(np.repeat(pts, n_classes)),
+        pa.array(class_ids),
+        pc.take(pa.array(list(vocabulary), pa.string()), pa.array(class_ids)),
+        pa.array(pixels.reshape(-1)),
+        pa.array(fraction),
+    ]
+    return pa.Table.from_arrays(columns, schema=CLASS_AREAS)
+
+
+def frame_rows(areas: Sequence[FrameAreas], wall_times: Sequence[float], job_id: str) -> pa.Table:
+    """`frames` rows: one per analysed frame, `wall_time` being the frame's arrival (`Frame.wall_time`).
+
+    `FrameAreas` does not carry the arrival time, so the caller passes it alongside.
+    """
+    if len(wall_times) != len(areas):
+        raise ValueError(f"{len(areas)} frames but {len(wall_times)} wall times")
+    n = len(areas)
+    stream_ids = {a.stream_id for a in areas}
+    if len(stream_ids) > 1:
+        raise ValueError(f"frames of several streams mixed in one batch: {sorted(stream_ids)}")
+    stream_id = next(iter(stream_ids), "")
+    columns = [
+        _repeat(job_id, n),
+        _repeat(stream_id, n),
+        pa.array(np.fromiter((a.frame_index for a in areas), dtype=np.int64, count=n)),
+        pa.array(np.fromiter((a.pts_seconds for a in areas), dtype=np.float64, count=n)),
+        pa.array(np.asarray(wall_times, dtype=np.float64)),
+        pa.array(np.fromiter((a.width for a in areas), dtype=np.int32, count=n)),
+        pa.array(np.fromiter((a.height for a in areas), dtype=np.int32, count=n)),
+        pa.array(np.fromiter((a.latency_seconds for a in areas), dtype=np.float64, count=n)),
+    ]
+    return pa.Table.from_arrays(columns, schema=FRAMES)
+
+
+def vocabulary_rows(job_id: str, stream_id: str, vocabulary: Sequence[str]) -> pa.Table:
+    """`vocabularies` rows, so `class_id` in `class_areas` can be joined back to names per stream."""
+    n = len(vocabulary)
+    columns = [
+        _repeat(job_id, n),
+        _repeat(stream_id, n),
+        pa.array(np.arange(n, dtype=np.int32)),
+        pa.array(list(vocabulary), pa.string()),
+    ]
+    return pa.Table.from_arrays(columns, schema=VOCABULARIES)
+
+
+def records_table(table: str, records: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows for the low-volume tables (`errors`, `gaps`) from plain mappings, checked against the schema.
+
+    These tables see a handful of rows per stream, so clarity beats columnar building here.
+    """
+    schema = table_spec(table).schema
+    for i, record in enumerate(records):
+        extra = set(record) - set(schema.names)
+        missing = set(schema.names) - set(record)
+        if extra or missing:
+            raise ValueError(
+                f"{table} record {i}: missing {sorted(missing)} / unexpected {sorted(extra)} columns"
+            )
+    return pa.Table.from_pylist(list(records), schema=schema)
