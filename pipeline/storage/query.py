@@ -23,6 +23,7 @@ _SQL_TYPES = {
     pa.int64(): "BIGINT",
     pa.int32(): "INTEGER",
     pa.float64(): "DOUBLE",
+    pa.dictionary(pa.int32(), pa.string()): "VARCHAR",
 }
 
 _SUMMARY_SQL = """
@@ -41,7 +42,7 @@ def _literal(text: str) -> str:
 
 def _view_sql(table: str, out_dir: Path) -> str:
     schema = TABLES[table].schema
-    files = sorted(glob.glob(os.path.join(glob.escape(str(table_dir(out_dir, table))), "*", "*.parquet")))
+    files = sorted(glob.glob(os.path.join(glob.escape(str(table_dir(out_dir, table))), "stream_id=*", "*.parquet")))
     if not files:
         columns = ", ".join(f"CAST(NULL AS {_SQL_TYPES[f.type]}) AS {f.name}" for f in schema)
         return f"SELECT {columns} LIMIT 0"
@@ -51,7 +52,7 @@ def _view_sql(table: str, out_dir: Path) -> str:
         source = _literal(parts_glob(out_dir, table))
     else:
         source = f"[{', '.join(map(_literal, files))}]"
-    return f"SELECT {', '.join(schema.names)} FROM read_parquet({source}, hive_partitioning = false)"
+    return f"SELECT {', '.join(schema.names)} FROM read_parquet({source}, hive_partitioning = true)"
 
 
 def connect(

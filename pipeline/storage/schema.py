@@ -1,15 +1,12 @@
 """Arrow schemas of every output table, defined once, and where each table's files live.
 
-Layout: `OUT/<table>/<stream_id>/part-*.parquet`, with `stream_id` stored *inside* every file and the
-directory named by the bare id (no hive `stream_id=` prefix). Why not hive: a file that holds the
-partition column itself reads fine in DuckDB and Polars, but pandas/pyarrow (`pd.read_parquet(dir)`)
-infer the hive key as `dictionary<string>` and then fail to merge it with the file's `string` column;
-dropping the column from the files instead would lose `stream_id` for anyone reading a single part and
-move it to the end of the column order. Plain directories are read identically by all three (DuckDB with
-or without `hive_partitioning`, Polars with or without `hive_partitioning`, pandas by default), and
-readers still skip other streams' files from the per-file min/max statistics of `stream_id`.
-Stream ids never contain `=` (see `pipeline.jobs.ids`), so no reader can mistake the directory for a
-hive partition.
+Layout: hive partitions, `OUT/<table>/stream_id=<id>/part-*.parquet`, so DuckDB (`hive_partitioning`),
+Polars and pandas/pyarrow all prune by stream from the path. `stream_id` is ALSO stored inside every file
+(a part read on its own still says which stream it is, and columns keep their documented order), with the
+Arrow type `dictionary<int32, string>`: that is the type pyarrow infers for a hive key, so
+`pd.read_parquet(OUT/"class_areas")` merges the two instead of failing on "string vs dictionary". In the
+Parquet file it is an ordinary dictionary-encoded UTF-8 column: DuckDB reads VARCHAR, Polars Categorical,
+pandas category. Stream ids never contain `=` or `/` (see `pipeline.jobs.ids`).
 """
 
 from __future__ import annotations
@@ -19,10 +16,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
+#: Stored dictionary-encoded so it unifies with the hive partition key (see the module docstring).
+STREAM_ID = pa.dictionary(pa.int32(), pa.string())
+
 CLASS_AREAS = pa.schema(
     [
         ("job_id", pa.string()),
-        ("stream_id", pa.string()),
+        ("stream_id", STREAM_ID),
         ("frame_index", pa.int64()),
         ("pts_seconds", pa.float64()),
         ("class_id", pa.int32()),
@@ -35,7 +35,7 @@ CLASS_AREAS = pa.schema(
 FRAMES = pa.schema(
     [
         ("job_id", pa.string()),
-        ("stream_id", pa.string()),
+        ("stream_id", STREAM_ID),
         ("frame_index", pa.int64()),
         ("pts_seconds", pa.float64()),
         ("wall_time", pa.float64()),
@@ -48,7 +48,7 @@ FRAMES = pa.schema(
 VOCABULARIES = pa.schema(
     [
         ("job_id", pa.string()),
-        ("stream_id", pa.string()),
+        ("stream_id", STREAM_ID),
         ("class_id", pa.int32()),
         ("class_name", pa.string()),
     ]
@@ -57,7 +57,7 @@ VOCABULARIES = pa.schema(
 ERRORS = pa.schema(
     [
         ("job_id", pa.string()),
-        ("stream_id", pa.string()),
+        ("stream_id", STREAM_ID),
         ("time", pa.float64()),
         ("kind", pa.string()),
         ("message", pa.string()),
@@ -67,7 +67,7 @@ ERRORS = pa.schema(
 GAPS = pa.schema(
     [
         ("job_id", pa.string()),
-        ("stream_id", pa.string()),
+        ("stream_id", STREAM_ID),
         ("start_pts", pa.float64()),
         ("end_pts", pa.float64()),
         ("start_wall", pa.float64()),
@@ -125,10 +125,10 @@ def table_dir(out_dir: str | Path, table: str) -> Path:
 
 
 def stream_dir(out_dir: str | Path, table: str, stream_id: str) -> Path:
-    """Directory holding one stream's parts of `table` (see the module docstring for why no `stream_id=`)."""
-    return table_dir(out_dir, table) / stream_id
+    """Directory holding one stream's parts of `table`: the hive partition `stream_id=<id>`."""
+    return table_dir(out_dir, table) / f"stream_id={stream_id}"
 
 
 def parts_glob(out_dir: str | Path, table: str) -> str:
     """Glob matching every committed part of `table`; staging files never match it."""
-    return str(table_dir(out_dir, table) / "*" / "*.parquet")
+    return str(table_dir(out_dir, table) / "stream_id=*" / "*.parquet")

@@ -3,7 +3,7 @@
 Readers (DuckDB, Polars, pandas) may scan the output while a job runs and after it crashed, so a part
 is published only when complete: bytes go to a staging file OUTSIDE the table directory
 (`OUT/_staging/<table>/<stream_id>/`, same file system), are fsync'd, then `os.replace`d to
-`OUT/<table>/<stream_id>/part-<first>-<last>-<epoch>-<seq>.parquet` and the directory is fsync'd.
+`OUT/<table>/stream_id=<id>/part-<first>-<last>-<epoch>-<seq>.parquet` and the directory is fsync'd.
 Staging lives outside the table because DuckDB and Polars globs do not skip `.`/`_`-prefixed names and
 a Polars directory read refuses mixed extensions: a temp file next to the parts would break them.
 
@@ -227,7 +227,7 @@ class PartWriter:
                 )
             rows = rows.select(schema.names).cast(schema)
         if rows.num_rows:
-            ids = rows["stream_id"]
+            ids = rows["stream_id"].cast(pa.string())
             if ids.null_count or not pc.all(pc.equal(ids, self.stream_id)).as_py():
                 raise ValueError(f"rows for another stream given to the writer of stream {self.stream_id!r}")
         return rows

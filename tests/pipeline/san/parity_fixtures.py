@@ -41,7 +41,9 @@ def key_rows() -> list[dict[str, Any]]:
     return [dict(zip(keys["columns"], row, strict=True)) for row in keys["keys"]]
 
 
-def sanref_v2_tensor(shape: tuple[int, ...], sorted_index: int, rule: str, amp: float | None, key: str) -> np.ndarray:
+def sanref_v2_tensor(
+    shape: tuple[int, ...], sorted_index: int, rule: str, amp: float | None, key: str
+) -> np.ndarray:
     """One tensor of the deterministic `sanref-v2` weights (rule in tests/data/parity/README.md)."""
     count = int(np.prod(shape)) if shape else 1
     if rule == "keep":
@@ -63,7 +65,9 @@ def sanref_v2_tensor(shape: tuple[int, ...], sorted_index: int, rule: str, amp: 
 @functools.cache
 def sanref_v2_numpy() -> dict[str, np.ndarray]:
     return {
-        row["key"]: sanref_v2_tensor(tuple(row["shape"]), row["sorted_index"], row["rule"], row["amp"], row["key"])
+        row["key"]: sanref_v2_tensor(
+            tuple(row["shape"]), row["sorted_index"], row["rule"], row["amp"], row["key"]
+        )
         for row in key_rows()
     }
 

@@ -20,7 +20,9 @@ from pipeline.san import (
 )
 from pipeline.san.weights import read_state_dict
 
-KEYS = json.loads((Path(__file__).resolve().parents[3] / "tests/data/parity/checkpoint_keys.json").read_text())
+KEYS = json.loads(
+    (Path(__file__).resolve().parents[3] / "tests/data/parity/checkpoint_keys.json").read_text()
+)
 
 
 @pytest.mark.parametrize("name", ["san_vit_b_16", "san_vit_large_14"])

@@ -22,8 +22,12 @@ from tests.pipeline.san.parity_fixtures import CASES, case_arrays, case_meta, sa
 REL_TOL = 1e-4
 
 
-def assert_close(label: str, ours: torch.Tensor | np.ndarray, official: np.ndarray, tol: float = REL_TOL) -> None:
-    ours_np = ours.detach().cpu().double().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours, float)
+def assert_close(
+    label: str, ours: torch.Tensor | np.ndarray, official: np.ndarray, tol: float = REL_TOL
+) -> None:
+    ours_np = (
+        ours.detach().cpu().double().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours, float)
+    )
     assert ours_np.shape == official.shape, f"{label}: shape {ours_np.shape} != official {official.shape}"
     scale = max(float(np.abs(official).max()), 1e-12)
     error = float(np.abs(ours_np - official).max()) / scale
@@ -120,7 +124,9 @@ def test_layers_match_official(name: str) -> None:
     bias = ours["bias"].double()
     stats = np.array([bias.mean(), bias.std(), bias.min(), bias.max()])
     assert_close("attention bias stats", stats, official["attn_bias_stats"])
-    assert_close("attention bias head/query means", ours["bias"][0].mean((2, 3)), official["attn_bias_head_query_mean"])
+    assert_close(
+        "attention bias head/query means", ours["bias"][0].mean((2, 3)), official["attn_bias_head_query_mean"]
+    )
     assert_close("mask embeddings", ours["embeddings"][0], official["mask_embs"])
     logits = ours["embeddings"][0] @ ours["classifier"].T
     assert_close("class logits", logits, official["class_logits"])

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.jobs.spec import JobSpecError, load_job_spec, parse_job_spec
+
+CONFIGS = Path(__file__).absolute().parents[3] / "configs" / "jobs"
+
+BASE = {
+    "output": "out",
+    "streams": [
+        {"id": "cam-a", "source": "videos/a.mp4", "vocabulary": ["sky", "car"]},
+        {"id": "cam-b", "source": "rtsp://10.0.0.5/live", "vocabulary": ["sky", "road"]},
+    ],
+}
+
+
+def spec_with(path: str, value):
+    """BASE with `value` set at a dotted/indexed path such as `streams[1].sampling.fps`."""
+    data = copy.deepcopy(BASE)
+    node = data
+    parts = path.replace("[", ".").replace("]", "").split(".")
+    for key in parts[:-1]:
+        node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+    last = parts[-1]
+    node[int(last) if last.isdigit() else last] = value
+    return data
+
+
+def error_of(data) -> str:
+    with pytest.raises(JobSpecError) as info:
+        parse_job_spec(data, base_dir="/specs")
+    return str(info.value)
+
+
+def test_defaults_and_resolution():
+    spec = parse_job_spec(BASE, base_dir="/specs")
+    assert spec.job_id is None
+    assert spec.output == "/specs/out"
+    assert (spec.model.name, spec.model.weights, spec.model.device, spec.model.dtype) == (
+        "san_vit_b_16",
+        "san_vit_b_16",
+        "auto",
+        "auto",
+    )
+    a, b = spec.streams
+    assert a.source == "/specs/videos/a.mp4" and a.is_file and not a.live
+    assert b.source == "rtsp://10.0.0.5/live" and not b.is_file and b.live
+    assert (a.sampling.fps, a.sampling.every, a.failure_policy.retries) == (1.0, None, 0)
+    assert (spec.serve.num_replicas, spec.serve.batch_size, spec.serve.batch_wait_timeout_s) == (1, 8, 0.05)
+    assert spec.serve.num_gpus_per_replica is None and spec.store_labels is False
+    json.dumps(spec.to_dict())
+
+
+def test_comma_string_vocabulary_and_list_synonyms():
+    spec = parse_job_spec(spec_with("streams[0].vocabulary", " sky, car ,tree "), base_dir="/specs")
+    assert spec.streams[0].vocabulary == ["sky", "car", "tree"]
+    spec = parse_job_spec(spec_with("streams[0].vocabulary", ["sky", "car,automobile"]), base_dir="/specs")
+    assert spec.streams[0].vocabulary == ["sky", "car, automobile"]
+    assert spec.streams[0].class_names == ["sky", "car"]
+    assert spec.streams[0].synonyms == [["sky"], ["car", "automobile"]]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "message"),
+    [
+        ("streams[1].id", "a/b", "streams[1].id", "path separator"),
+        ("streams[1].id", "..", "streams[1].id", "reserved"),
+        ("streams[1].id", ".", "streams[1].id", "reserved"),
+        ("streams[1].id", "", "streams[1].id", "empty"),
+        ("streams[1].id", "CAM-A", "streams[1].id", "duplicates streams[0].id"),
+        ("streams[0].vocabulary", [], "streams[0].vocabulary", "at least one class"),
+        ("streams[0].vocabulary", "", "streams[0].vocabulary", "at least one class"),
+        ("streams[0].vocabulary", ["sky", " SKY "], "streams[0].vocabulary[1]", "duplicates"),
+        ("streams[0].vocabulary", ["car", "auto, Car"], "streams[0].vocabulary[1]", "duplicates"),
+        ("streams[0].vocabulary", ["sky", ""], "streams[0].vocabulary[1]", "non-empty"),
+        ("streams[0].vocabulary", [f"c{i}" for i in range(1001)], "streams[0].vocabulary", "at most 1000"),
+        ("streams[0].vocabulary", ["sky", 3], "streams[0].vocabulary[1]", "must be a string"),
+        ("streams[1].sampling", {"fps": 2, "every": 3}, "streams[1].sampling", "not both"),
+        ("streams[1].sampling.fps", 0, "streams[1].sampling.fps", "must be > 0"),
+        ("streams[1].sampling.fps", -1.5, "streams[1].sampling.fps", "must be > 0"),
+        ("streams[1].sampling.fps", "fast", "streams[1].sampling.fps", "must be a number"),
+        ("streams[1].sampling.every", 0, "streams[1].sampling.every", ">= 1"),
+        ("streams[0].source", "ftp://host/a.mp4", "streams[0].source", "'ftp:' is not allowed"),
+        ("streams[0].source", "concat:a.mp4|b.mp4", "streams[0].source", "'concat:' is not allowed"),
+        ("streams[0].source", "pipe:0", "streams[0].source", "not allowed"),
+        ("streams[0].source", "http:///nohost", "streams[0].source", "no host"),
+        ("streams[0].source", "", "streams[0].source", "non-empty"),
+        ("streams[0].vocabluary", ["x"], "streams[0].vocabluary", "did you mean 'vocabulary'"),
+        ("outptu", "x", "outptu", "did you mean 'output'"),
+        ("serve.batch_sise", 4, "serve.batch_sise", "did you mean 'batch_size'"),
+        ("streams[0].failure_policy.retries", -1, "streams[0].failure_policy.retries", ">= 0"),
+        ("streams[0].live", "yes", "streams[0].live", "true or false"),
+        ("serve.num_replicas", 0, "serve.num_replicas", ">= 1"),
+        ("serve.batch_wait_timeout_s", -1, "serve.batch_wait_timeout_s", ">= 0"),
+        ("serve.autoscaling", {"min_replicas": 3, "max_replicas": 2}, "serve.autoscaling", "above"),
+        (
+            "serve.autoscaling",
+            {"max_replica": 2},
+            "serve.autoscaling.max_replica",
+            "did you mean 'max_replicas'",
+        ),
+        ("model.dtype", "int8", "model.dtype", "must be one of"),
+        ("model.device", "tpu", "model.device", "auto, cpu, cuda"),
+        ("job_id", "a:b", "job_id", "outside"),
+        ("output", "s3://bucket/x", "output", "directory path"),
+        ("streams", [], "streams", "non-empty list"),
+    ],
+)
+def test_invalid_fields_are_named(path, value, field, message):
+    text = error_of(spec_with(path, value))
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{field}:")), text)
+    assert line.strip().startswith(f"{field}:"), text
+    assert message in line, text
+
+
+def test_missing_required_fields():
+    text = error_of({"streams": [{"id": "x"}]})
+    for field in ("output", "streams[0].source", "streams[0].vocabulary"):
+        assert f"{field}: is required" in text
+
+
+def test_all_problems_are_reported_together():
+    data = spec_with("streams[1].sampling.fps", 0)
+    data["streams"][0]["id"] = "../x"
+    with pytest.raises(JobSpecError) as info:
+        parse_job_spec(data, base_dir="/specs")
+    assert [p for p, _ in info.value.problems] == ["streams[0].id", "streams[1].sampling.fps"]
+
+
+def test_missing_ids_are_derived_and_deduplicated():
+    data = {
+        "output": "/o",
+        "streams": [
+            {"source": "a/cam.mp4", "vocabulary": "x"},
+            {"source": "b/cam.mp4", "vocabulary": "x"},
+            {"id": "live", "source": "rtsp://h/x", "vocabulary": "x"},
+            {"source": "rtsp://10.0.0.9/live", "vocabulary": "x"},
+            {"source": "https://cams.example.org/", "vocabulary": "x"},
+        ],
+    }
+    ids = [s.id for s in parse_job_spec(data).streams]
+    assert ids == ["cam", "cam-2", "live", "live-2", "cams-example-org"]
+
+
+def test_file_url_and_colon_paths():
+    spec = parse_job_spec(spec_with("streams[0].source", "file:///data/a.mp4"), base_dir="/specs")
+    assert spec.streams[0].source == "/data/a.mp4"
+    spec = parse_job_spec(spec_with("streams[0].source", "./concat:a.mp4"), base_dir="/specs")
+    assert spec.streams[0].source == "/specs/concat:a.mp4"
+
+
+def test_autoscaling_implies_auto_replicas_and_conflicts_with_a_fixed_count():
+    spec = parse_job_spec(spec_with("serve.autoscaling", {"min_replicas": 1, "max_replicas": 3}))
+    assert spec.serve.num_replicas == "auto" and spec.serve.autoscaling == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+    }
+    data = spec_with("serve.autoscaling", {"max_replicas": 3})
+    data["serve"]["num_replicas"] = 2
+    assert "serve.autoscaling: cannot be combined" in error_of(data)
+
+
+def test_example_specs_parse():
+    drone = load_job_spec(CONFIGS / "drone_survey.yaml")
+    assert drone.job_id == "drone-survey-2024-06"
+    [flight] = drone.streams
+    assert flight.source == os.path.abspath(CONFIGS / "../../data/drone/flight_01.mp4")
+    assert flight.sampling.fps == 2.0 and flight.failure_policy.retries == 1
+    assert flight.class_names[:2] == ["water", "tree"]
+    assert drone.output == os.path.abspath(CONFIGS / "../../sanstream-out/drone_survey")
+
+    cams = load_job_spec(CONFIGS / "two_cameras.yaml")
+    assert [s.id for s in cams.streams] == ["north-gate", "south-gate"]
+    assert all(s.live and s.sampling.every == 5 for s in cams.streams)
+    assert cams.streams[0].vocabulary == ["person", "car", "bicycle", "road", "sidewalk"]
+    assert cams.streams[1].class_names == ["person", "car", "bicycle", "road", "sidewalk"]
+    assert cams.serve.num_replicas == "auto" and cams.serve.autoscaling["max_replicas"] == 4
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(JobSpecError, match="cannot read job spec"):
+        load_job_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("streams: [\n")
+    with pytest.raises(JobSpecError, match="not valid YAML"):
+        load_job_spec(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n")
+    with pytest.raises(JobSpecError, match=r"list.yaml.*must be a mapping"):
+        load_job_spec(listy)
+    relative = tmp_path / "rel.yaml"
+    relative.write_text("output: out\nstreams:\n  - source: v.mp4\n    vocabulary: sky\n")
+    spec = load_job_spec(relative)
+    assert spec.output == str(tmp_path / "out")
+    assert spec.streams[0].source == str(tmp_path / "v.mp4") and spec.streams[0].id == "v"
+
+
+def test_symlinked_paths_are_kept_as_written(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    spec = parse_job_spec(spec_with("output", "link/out"), base_dir=tmp_path)
+    assert spec.output == str(tmp_path / "link" / "out")
