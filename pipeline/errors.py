@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from pipeline.cli.common import CommandError
+from pipeline.jobs.redis_server import EmbeddedRedisError
+from pipeline.jobs.state import UnknownJobError
 from pipeline.san.config import UnknownModelError
 from pipeline.san.preprocess import ImageError
 from pipeline.san.vocabulary import VocabularyError
 from pipeline.san.weights import WeightsError
 
-USER_ERRORS: tuple[type[Exception], ...] = (UnknownModelError, ImageError, VocabularyError, WeightsError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UnknownModelError,
+    ImageError,
+    VocabularyError,
+    WeightsError,
+    CommandError,
+    UnknownJobError,
+    EmbeddedRedisError,
+)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import segment, weights
+from pipeline.cli import cancel, plot, query, segment, status, weights
 from pipeline.errors import USER_ERRORS
 
 
@@ -17,6 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     segment.add_parser(subparsers)
     weights.add_parser(subparsers)
+    status.add_parser(subparsers)
+    cancel.add_parser(subparsers)
+    query.add_parser(subparsers)
+    plot.add_parser(subparsers)
     return parser
 
 

@@ -1,6 +1,7 @@
 """DuckDB over a job's output directory: one view per table, a per-class summary, and ad-hoc SQL.
 
-Views read the parts through a glob, so a connection kept open sees parts published after it was made.
+Views read the parts through a glob, so a connection kept open sees parts published after it was made,
+with `hive_partitioning`, so a filter on `stream_id` only opens that stream's `stream_id=<id>` directory.
 A table with no part yet gets an empty view with the table's columns, so the same SQL works before,
 during and after a job.
 """
@@ -42,7 +43,9 @@ def _literal(text: str) -> str:
 
 def _view_sql(table: str, out_dir: Path) -> str:
     schema = TABLES[table].schema
-    files = sorted(glob.glob(os.path.join(glob.escape(str(table_dir(out_dir, table))), "stream_id=*", "*.parquet")))
+    files = sorted(
+        glob.glob(os.path.join(glob.escape(str(table_dir(out_dir, table))), "stream_id=*", "*.parquet"))
+    )
     if not files:
         columns = ", ".join(f"CAST(NULL AS {_SQL_TYPES[f.type]}) AS {f.name}" for f in schema)
         return f"SELECT {columns} LIMIT 0"
@@ -52,7 +55,13 @@ def _view_sql(table: str, out_dir: Path) -> str:
         source = _literal(parts_glob(out_dir, table))
     else:
         source = f"[{', '.join(map(_literal, files))}]"
-    return f"SELECT {', '.join(schema.names)} FROM read_parquet({source}, hive_partitioning = true)"
+    # DuckDB takes hive keys from EVERY `key=value` directory of a file's path, not only below the table
+    # dir, and a key overrides the column stored in the file: under `/data/job_id=x/` every row would read
+    # job_id 'x' (and an outer `stream_id=y/` would merge all streams into 'y'). Every column, stream_id
+    # included, is stored in the files, so such an output dir is read without hive keys: still correct,
+    # only without pruning by stream.
+    hive = "false" if any("=" in part for part in out_dir.parts) else "true"
+    return f"SELECT {', '.join(schema.names)} FROM read_parquet({source}, hive_partitioning = {hive})"
 
 
 def connect(

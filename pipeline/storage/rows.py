@@ -24,7 +24,9 @@ def _repeat(value: str, n: int) -> pa.Array:
 
 def _repeat_stream_id(value: str, n: int) -> pa.Array:
     """`stream_id` as a one-entry dictionary column, the type the hive partition key reads back as."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
+    return pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string())
+    )
 
 
 def class_area_rows(areas: FrameAreas, vocabulary: Sequence[str], job_id: str) -> pa.Table:

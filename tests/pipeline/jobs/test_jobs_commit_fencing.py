@@ -50,8 +50,15 @@ def test_stale_writer_is_rejected_and_recovery_leaves_each_frame_once(tmp_path, 
     recorded = [p["part"] for p in store.committed_parts("job-1", "cam", "class_areas")]
     removed = remove_unrecorded_parts(tmp_path, "class_areas", "cam", recorded)
     assert len(removed) == 1
+    # what stays visible to readers is exactly what the store recorded, in the hive partition of the stream
+    partition = tmp_path / "class_areas" / "stream_id=cam"
+    assert removed[0].parent == partition
+    assert [p.name for p in (tmp_path / "class_areas").iterdir()] == [partition.name]
+    assert sorted(p.name for p in partition.iterdir()) == sorted(recorded)
 
     counts = run_sql(tmp_path, "SELECT frame_index, count(*) AS n FROM class_areas GROUP BY 1 ORDER BY 1")
+    streams = run_sql(tmp_path, "SELECT DISTINCT stream_id FROM class_areas WHERE stream_id = 'cam'")
+    assert streams["stream_id"].to_pylist() == ["cam"]
     assert counts["frame_index"].to_pylist() == list(range(20))
     assert set(counts["n"].to_pylist()) == {len(VOCAB)}
     snap = store.snapshot("job-1")["streams"]["cam"]

@@ -26,6 +26,7 @@ def test_job_ids_sort_by_time_and_are_valid_ids():
         ("...", "stream"),
         (".hidden", "hidden"),
         ("ünïcode✓.mp4", "n-code"),
+        ("site=north/cam=1.mp4", "cam-1"),  # never a hive `key=value` directory name
     ],
 )
 def test_stream_id_from_name(name, expected):

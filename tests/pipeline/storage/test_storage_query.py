@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import duckdb
 import pyarrow as pa
 import pytest
 
 from pipeline.storage.query import connect, run_sql, summary
-from pipeline.storage.rows import class_area_table, vocabulary_rows
-from pipeline.storage.schema import TABLES
+from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
+from pipeline.storage.schema import TABLES, stream_dir
 from pipeline.storage.writer import PartWriter
 
 # Per stream: vocabulary and per-frame pixel counts on a 10x10 frame.
@@ -53,14 +54,74 @@ def test_summary_filters_by_job(tmp_path, make_areas):
     assert summary(tmp_path, job_id="job-1").num_rows == 5
 
 
-def test_views_exist_before_any_data_with_the_right_columns(tmp_path):
+SQL_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE"}
+
+
+def view_types(con, name: str) -> list[tuple[str, str]]:
+    relation = con.sql(f"SELECT * FROM {name}")
+    return [(column, str(t)) for column, t in zip(relation.columns, relation.types, strict=True)]
+
+
+def write_one_row_per_table(out, make_areas, stream_id="cam-a"):
+    areas = [make_areas(stream_id, 0, [60, 40])]
+    gap = {"start_pts": 1.0, "end_pts": 2.0, "start_wall": 10.0, "end_wall": 11.0, "reason": "reconnect"}
+    error = {"time": 5.0, "kind": "decode", "message": "boom"}
+    for table, rows in {
+        "class_areas": class_area_table(areas, ["sky", "car"], "job-1"),
+        "frames": frame_rows(areas, [100.0], "job-1"),
+        "vocabularies": vocabulary_rows("job-1", stream_id, ["sky", "car"]),
+        "errors": records_table("errors", [{"job_id": "job-1", "stream_id": stream_id, **error}]),
+        "gaps": records_table("gaps", [{"job_id": "job-1", "stream_id": stream_id, **gap}]),
+    }.items():
+        with PartWriter(out, table, stream_id) as writer:
+            writer.append(rows)
+
+
+def test_views_exist_before_any_data_with_the_right_columns(tmp_path, make_areas):
     con = connect(tmp_path)
+    empty = {}
     for name, spec in TABLES.items():
         table = con.sql(f"SELECT * FROM {name}").to_arrow_table()
         assert table.num_rows == 0
         assert table.schema.names == spec.schema.names
-        assert [f.type for f in table.schema] == [f.type for f in spec.schema]
+        # stream_id is stored dictionary-encoded but, as for any hive key, DuckDB reads it as VARCHAR
+        expected = [(f.name, "VARCHAR" if f.name == "stream_id" else SQL_TYPES[f.type]) for f in spec.schema]
+        assert view_types(con, name) == expected
+        assert table.schema.field("stream_id").type == pa.string()
+        empty[name] = expected
     assert summary(tmp_path).num_rows == 0
+
+    # once data exists, the views have exactly the same columns and types as the empty ones
+    write_one_row_per_table(tmp_path, make_areas)
+    con = connect(tmp_path)
+    for name in TABLES:
+        assert view_types(con, name) == empty[name]
+        assert con.sql(f"SELECT DISTINCT stream_id FROM {name}").fetchall() == [("cam-a",)]
+
+
+def test_a_view_filter_on_stream_id_reads_only_that_partition(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas)
+    sql = "SELECT stream_id, count(*) AS n FROM class_areas WHERE stream_id = ? GROUP BY 1"
+    assert run_sql(tmp_path, sql, ["cam-a"]).to_pylist() == [{"stream_id": "cam-a", "n": 6}]
+    # Garbage in cam-b's parts: only a reader that opens them fails, so the filtered query proves pruning.
+    for path in stream_dir(tmp_path, "class_areas", "cam-b").iterdir():
+        path.write_bytes(b"not parquet")
+    assert run_sql(tmp_path, sql, ["cam-a"]).to_pylist() == [{"stream_id": "cam-a", "n": 6}]
+    with pytest.raises(duckdb.Error):
+        run_sql(tmp_path, "SELECT count(*) FROM class_areas")
+
+
+def test_hive_looking_dirs_above_the_output_do_not_override_columns(tmp_path, make_areas):
+    # DuckDB parses `key=value` anywhere in a path; these must not replace the stored job_id / stream_id.
+    out = tmp_path / "job_id=other" / "stream_id=outer"
+    out.mkdir(parents=True)
+    write_dataset(out, make_areas)
+    assert run_sql(out, "SELECT DISTINCT job_id, stream_id FROM class_areas ORDER BY ALL").to_pylist() == [
+        {"job_id": "job-1", "stream_id": "cam-a"},
+        {"job_id": "job-1", "stream_id": "cam-b"},
+    ]
+    assert summary(out, job_id="job-1").num_rows == 5
+    assert view_types(connect(out), "class_areas")[1] == ("stream_id", "VARCHAR")
 
 
 def test_views_see_parts_published_after_connecting(tmp_path, make_areas):
@@ -93,6 +154,13 @@ def test_output_path_with_glob_characters(tmp_path, make_areas):
     out.mkdir()
     write_dataset(out, make_areas)
     assert summary(out).num_rows == 5
+    assert [
+        r["stream_id"]
+        for r in run_sql(out, "SELECT DISTINCT stream_id FROM class_areas ORDER BY 1").to_pylist()
+    ] == [
+        "cam-a",
+        "cam-b",
+    ]
 
 
 def test_missing_output_dir(tmp_path):

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import errno
+import glob
 import os
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -14,7 +16,7 @@ import pytest
 
 from pipeline.storage import writer as writer_module
 from pipeline.storage.rows import class_area_table, records_table, vocabulary_rows
-from pipeline.storage.schema import CLASS_AREAS, STAGING_DIR, stream_dir
+from pipeline.storage.schema import CLASS_AREAS, STAGING_DIR, STREAM_ID, parts_glob, stream_dir
 from pipeline.storage.writer import (
     PART_NAME_RE,
     OutputDirError,
@@ -33,7 +35,44 @@ def frames_of(make_areas, stream_id, indices):
 
 
 def part_files(out: Path, table: str = "class_areas") -> list[Path]:
-    return sorted((out / table).glob("*/*"))
+    """Every file in the table dir: all must sit in a hive partition dir `stream_id=<id>`."""
+    files = sorted(f for f in (out / table).rglob("*") if f.is_file())
+    assert all(f.parent.parent == out / table and f.parent.name.startswith("stream_id=") for f in files)
+    return files
+
+
+def test_layout_is_hive_partitioned_with_staging_outside_the_table(tmp_path, make_areas):
+    with PartWriter(tmp_path, "class_areas", "cam", epoch=2, max_rows=6) as writer:
+        assert (
+            writer.dir
+            == tmp_path / "class_areas" / "stream_id=cam"
+            == stream_dir(tmp_path, "class_areas", "cam")
+        )
+        assert writer.staging == tmp_path / STAGING_DIR / "class_areas" / "cam"
+        parts = writer.append(frames_of(make_areas, "cam", range(3)))
+        parts += writer.close()
+    with PartWriter(tmp_path, "vocabularies", "cam") as writer:
+        writer.append(vocabulary_rows("job-1", "cam", VOCAB))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "_staging",
+        "_staging/class_areas",
+        "_staging/class_areas/cam",
+        "_staging/vocabularies",
+        "_staging/vocabularies/cam",
+        "class_areas",
+        "class_areas/stream_id=cam",
+        "class_areas/stream_id=cam/part-000000000000-000000000001-000002-000000.parquet",
+        "class_areas/stream_id=cam/part-000000000002-000000000002-000002-000001.parquet",
+        "vocabularies",
+        "vocabularies/stream_id=cam",
+        "vocabularies/stream_id=cam/part-000000000000-000000000002-000000-000000.parquet",
+    ]
+    assert [p.path for p in parts] == part_files(tmp_path)
+    assert sorted(map(Path, glob.glob(parts_glob(tmp_path, "class_areas")))) == part_files(tmp_path)
+    # a part read on its own, without its directory, still says which stream it is
+    table = pq.read_table(parts[0].path)
+    assert table.schema.field("stream_id").type == STREAM_ID
+    assert set(table["stream_id"].to_pylist()) == {"cam"}
 
 
 def test_parts_are_bounded_hold_whole_frames_and_sort_by_name(tmp_path, make_areas):
@@ -111,7 +150,8 @@ def test_disk_full_mid_write_publishes_nothing_and_keeps_the_rows(tmp_path, make
     with pytest.raises(PartWriteError) as info:
         writer.flush()
     assert info.value.errno == errno.ENOSPC
-    assert "class_areas/cam/part-" in str(info.value) and "disk is full" in str(info.value)
+    assert "class_areas/stream_id=cam/part-" in str(info.value) and "disk is full" in str(info.value)
+    assert info.value.path.parent == tmp_path / "class_areas" / "stream_id=cam"
     assert len(calls) == 2
     assert part_files(tmp_path) == []
     assert not [f for f in (tmp_path / STAGING_DIR).rglob("*") if f.is_file()]
@@ -183,8 +223,11 @@ def test_missing_output_dir_is_a_clear_error(tmp_path):
 
 def test_blocked_table_dir_is_a_clear_error(tmp_path):
     (tmp_path / "class_areas").write_text("not a directory")
-    with pytest.raises(OutputDirError, match=r"cannot create .*class_areas/cam under output directory"):
+    with pytest.raises(
+        OutputDirError, match=r"cannot create .*/class_areas/stream_id=cam under output directory"
+    ) as info:
         PartWriter(tmp_path, "class_areas", "cam")
+    assert info.value.path == tmp_path
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -206,11 +249,13 @@ def test_remove_unrecorded_parts(tmp_path, make_areas):
     (tmp_path / STAGING_DIR / "class_areas" / "cam" / ".leftover.tmp").write_bytes(b"partial")
     removed = remove_unrecorded_parts(tmp_path, "class_areas", "cam", recorded=names[:1])
     assert sorted(p.name for p in removed) == names[1:]
+    assert {p.parent for p in removed} == {tmp_path / "class_areas" / "stream_id=cam"}
     assert [f.name for f in part_files(tmp_path)] == names[:1]
     assert not list((tmp_path / STAGING_DIR / "class_areas" / "cam").iterdir())
 
 
 STREAMS = {"cam-1": 4, "cam.2": 3, "123": 5}  # "123" would be typed as an integer by hive inference
+ROWS_PER_STREAM = {stream_id: len(VOCAB) * n for stream_id, n in STREAMS.items()}
 
 
 @pytest.fixture
@@ -221,44 +266,114 @@ def dataset(tmp_path, make_areas) -> Path:
     # a write in progress in another stream must stay invisible to every reader
     staging = tmp_path / STAGING_DIR / "class_areas" / "cam-1"
     (staging / ".part-000000000099-000000000099-000000-000009.parquet.x.tmp").write_bytes(b"PAR1 half")
-    assert stream_dir(tmp_path, "class_areas", "123").is_dir()
+    assert sorted(d.name for d in (tmp_path / "class_areas").iterdir()) == [
+        "stream_id=123",
+        "stream_id=cam-1",
+        "stream_id=cam.2",
+    ]
     return tmp_path
 
 
-def check_frame(columns: list[str], stream_ids: list[str], n_rows: int) -> None:
+def check_frame(columns: list[str], stream_ids: list[str], frame_indices: list[int]) -> None:
+    """The whole table, in the documented column order, each row under its own stream."""
     assert columns == CLASS_AREAS.names  # same order, no duplicated partition column
-    assert n_rows == 3 * sum(STREAMS.values())
-    assert sorted(set(stream_ids)) == sorted(STREAMS)
+    assert all(isinstance(s, str) for s in stream_ids)  # "123" stays a string
+    assert Counter(stream_ids) == ROWS_PER_STREAM
+    frames: dict[str, set[int]] = {}
+    for stream_id, frame in zip(stream_ids, frame_indices, strict=True):
+        frames.setdefault(stream_id, set()).add(frame)
+    assert frames == {stream_id: set(range(n)) for stream_id, n in STREAMS.items()}
+
+
+SQL_TYPES = ["VARCHAR", "VARCHAR", "BIGINT", "DOUBLE", "INTEGER", "VARCHAR", "BIGINT", "DOUBLE"]
 
 
 @pytest.mark.parametrize("hive", [True, False])
 def test_duckdb_reads_the_layout(dataset, hive):
-    glob = str(dataset / "class_areas" / "*" / "*.parquet")
-    table = duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = {str(hive).lower()})")
+    pattern = str(dataset / "class_areas" / "*" / "*.parquet")
+    table = duckdb.sql(f"SELECT * FROM read_parquet('{pattern}', hive_partitioning = {str(hive).lower()})")
+    assert [str(t) for t in table.types] == SQL_TYPES
     arrow = table.to_arrow_table()
-    check_frame(arrow.schema.names, arrow["stream_id"].to_pylist(), arrow.num_rows)
-    assert [str(t) for t in table.types] == ["VARCHAR", "VARCHAR", "BIGINT", "DOUBLE", "INTEGER", "VARCHAR",
-                                             "BIGINT", "DOUBLE"]  # fmt: skip
-    count = duckdb.sql(
-        f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true) WHERE stream_id = '123'"
-    )
-    assert count.fetchall() == [(15,)]
+    check_frame(arrow.schema.names, arrow["stream_id"].to_pylist(), arrow["frame_index"].to_pylist())
+
+
+def corrupt_streams(out: Path, *stream_ids: str) -> None:
+    """Overwrite every part of these streams with garbage: any reader that opens one fails."""
+    for stream_id in stream_ids:
+        for path in stream_dir(out, "class_areas", stream_id).iterdir():
+            path.write_bytes(b"not parquet")
+
+
+def test_duckdb_filter_on_stream_id_reads_only_that_partition(dataset):
+    pattern = str(dataset / "class_areas" / "*" / "*.parquet")
+    sql = f"SELECT stream_id, frame_index, filename FROM read_parquet('{pattern}', hive_partitioning = true, filename = true)"
+    rows = duckdb.sql(f"{sql} WHERE stream_id = '123' ORDER BY frame_index").fetchall()
+    assert [r[1] for r in rows] == [i for i in range(STREAMS["123"]) for _ in VOCAB]
+    assert {r[0] for r in rows} == {"123"}
+    assert {Path(r[2]).parent.name for r in rows} == {"stream_id=123"}
+    # Proof that the other partitions are pruned, not just filtered: their files are never opened.
+    # ("123" sorts first, so DuckDB's bind-time schema read still sees a valid file.)
+    corrupt_streams(dataset, "cam-1", "cam.2")
+    assert duckdb.sql(f"{sql} WHERE stream_id = '123' ORDER BY frame_index").fetchall() == rows
+    with pytest.raises(duckdb.Error):
+        duckdb.sql(f"SELECT count(*) FROM read_parquet('{pattern}', hive_partitioning = true)").fetchall()
 
 
 def test_polars_reads_the_layout(dataset):
+    table_dir = dataset / "class_areas"
     for frame in (
-        pl.read_parquet(dataset / "class_areas"),
-        pl.read_parquet(dataset / "class_areas", hive_partitioning=True),
-        pl.scan_parquet(str(dataset / "class_areas" / "**" / "*.parquet"), hive_partitioning=True).collect(),
+        pl.read_parquet(table_dir),
+        pl.read_parquet(table_dir, hive_partitioning=True),
+        pl.scan_parquet(str(table_dir / "*" / "*.parquet"), hive_partitioning=True).collect(),
+        pl.scan_parquet(str(table_dir / "**" / "*.parquet"), hive_partitioning=True).collect(),
     ):
-        check_frame(frame.columns, frame["stream_id"].to_list(), frame.height)
-        assert frame.schema["stream_id"] == pl.String and frame.schema["class_id"] == pl.Int32
+        assert frame.schema["stream_id"] == pl.Categorical and frame.schema["class_id"] == pl.Int32
+        stream_ids = frame["stream_id"].cast(pl.String).to_list()
+        check_frame(frame.columns, stream_ids, frame["frame_index"].to_list())
+    filtered = pl.scan_parquet(str(table_dir / "*" / "*.parquet"), hive_partitioning=True).filter(
+        pl.col("stream_id") == "cam.2"
+    )
+    assert filtered.collect()["stream_id"].cast(pl.String).to_list() == ["cam.2"] * ROWS_PER_STREAM["cam.2"]
 
 
 def test_pandas_and_pyarrow_read_the_layout(dataset):
     frame = pd.read_parquet(dataset / "class_areas")
-    check_frame(list(frame.columns), frame["stream_id"].tolist(), len(frame))
+    assert isinstance(frame["stream_id"].dtype, pd.CategoricalDtype)
+    assert sorted(frame["stream_id"].cat.categories) == sorted(STREAMS)
+    check_frame(list(frame.columns), frame["stream_id"].astype(str).tolist(), frame["frame_index"].tolist())
     assert frame["class_id"].dtype == np.int32 and frame["pixels"].dtype == np.int64
-    table = ds.dataset(dataset / "class_areas", format="parquet").to_table()
-    check_frame(table.schema.names, table["stream_id"].to_pylist(), table.num_rows)
-    assert table.schema.equals(CLASS_AREAS)
+    only = pd.read_parquet(dataset / "class_areas", filters=[("stream_id", "=", "123")])
+    assert only["stream_id"].astype(str).tolist() == ["123"] * ROWS_PER_STREAM["123"]
+
+    hive = ds.HivePartitioning.discover(infer_dictionary=True)  # what pq.read_table / pandas use
+    for table in (
+        pq.read_table(dataset / "class_areas"),
+        ds.dataset(dataset / "class_areas", format="parquet", partitioning=hive).to_table(),
+        ds.dataset(dataset / "class_areas", format="parquet").to_table(),  # the stored column only
+    ):
+        assert table.schema.equals(CLASS_AREAS)
+        check_frame(table.schema.names, table["stream_id"].to_pylist(), table["frame_index"].to_pylist())
+
+
+TRICKY_IDS = ["007", "1e5", "-1", "1.50", "true", "nan", "NULL", "2024-01-01"]
+
+
+def test_stream_ids_that_look_like_other_types_stay_strings(tmp_path, make_areas):
+    for stream_id in TRICKY_IDS:
+        with PartWriter(tmp_path, "class_areas", stream_id) as writer:
+            writer.append(frames_of(make_areas, stream_id, [0]))
+    expected = sorted(s for s in TRICKY_IDS for _ in VOCAB)
+    pattern = str(tmp_path / "class_areas" / "*" / "*.parquet")
+    by_reader = {
+        "duckdb": [r[0] for r in duckdb.sql(f"SELECT stream_id FROM read_parquet('{pattern}')").fetchall()],
+        "polars": pl.read_parquet(tmp_path / "class_areas")["stream_id"].cast(pl.String).to_list(),
+        "pandas": pd.read_parquet(tmp_path / "class_areas")["stream_id"].astype(str).tolist(),
+        "pyarrow": pq.read_table(tmp_path / "class_areas")["stream_id"].to_pylist(),
+    }
+    for reader, got in by_reader.items():
+        assert sorted(got) == expected, reader
+    for stream_id in TRICKY_IDS:
+        count = duckdb.sql(
+            f"SELECT count(*) FROM read_parquet('{pattern}') WHERE stream_id = ?", params=[stream_id]
+        )
+        assert count.fetchall() == [(len(VOCAB),)], stream_id

@@ -1,0 +1,161 @@
+"""The pool of SAN replicas: a Ray Serve deployment whose dynamic batching merges frames from different
+streams, each with its own vocabulary, into one forward pass.
+
+Frames arrive as object references inside a small request (Serve refuses top-level ObjectRefs, and nested
+ones are not resolved for us), so the pixels go from the decoder's object store to the replica without
+being re-serialised through the router. A replica answers with per-class pixel counts computed on its
+device at the frame's own resolution; label maps only when the job asks for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+
+from pipeline.frames import FrameAreas
+from pipeline.jobs.spec import JobSpec
+from pipeline.san import Segmenter, load_checkpoint
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array."""
+
+    stream_id: str
+    frame_index: int
+    pts_seconds: float
+    wall_time: float
+    vocabulary: tuple[str, ...]
+    image: Any
+    return_labels: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentReply:
+    """The frame's areas plus which replica batch computed it (for tests and diagnostics)."""
+
+    areas: FrameAreas
+    replica: str
+    batch_number: int
+    batch_size: int
+    batch_streams: tuple[str, ...]
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+class SegmentationReplica:
+    """Holds one `Segmenter`; `segment` is batched by Serve across all streams of a job."""
+
+    def __init__(
+        self,
+        model: str,
+        weights: str,
+        device: str,
+        dtype: str,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+    ) -> None:
+        target = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
+        san = load_checkpoint(weights, model=model)
+        self.segmenter = Segmenter(san, device=target, dtype=resolve_dtype(dtype, target))
+        self.segment.set_max_batch_size(max_batch_size)
+        self.segment.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.name = serve.get_replica_context().replica_id.unique_id
+        self._batches = itertools.count()
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def segment(self, requests: list[SegmentRequest]) -> list[SegmentReply]:
+        images: list[np.ndarray] = await asyncio.gather(*(request.image for request in requests))
+        want_labels = any(request.return_labels for request in requests)
+        # The forward pass runs in a worker thread so the event loop keeps queueing the next batch.
+        results = await asyncio.to_thread(
+            self.segmenter.segment, images, [r.vocabulary for r in requests], return_labels=want_labels
+        )
+        done = time.time()
+        number = next(self._batches)
+        streams = tuple(r.stream_id for r in requests)
+        replies = []
+        for request, image, result in zip(requests, images, results, strict=True):
+            labels = None
+            if request.return_labels and result.labels is not None:
+                labels = result.labels.astype(np.uint8 if len(request.vocabulary) <= 255 else np.uint16)
+            areas = FrameAreas(
+                stream_id=request.stream_id,
+                frame_index=request.frame_index,
+                pts_seconds=request.pts_seconds,
+                height=image.shape[0],
+                width=image.shape[1],
+                pixels=result.areas,
+                latency_seconds=done - request.wall_time,
+                labels=labels,
+            )
+            replies.append(SegmentReply(areas, self.name, number, len(requests), streams))
+        return replies
+
+
+def deployment_options(spec: JobSpec, gpus_available: bool) -> dict[str, Any]:
+    """Serve options from the job's `serve` section: replicas or autoscaling, GPUs when the cluster has
+    them, and enough in-flight requests per replica to fill two batches."""
+    serve_spec = spec.serve
+    num_gpus = serve_spec.num_gpus_per_replica
+    if num_gpus is None:
+        num_gpus = 1 if gpus_available else 0
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 0 if num_gpus else 1},
+        "max_ongoing_requests": max(2 * serve_spec.batch_size, 4),
+    }
+    if serve_spec.autoscaling or serve_spec.num_replicas == "auto":
+        options["autoscaling_config"] = dict(serve_spec.autoscaling or {"min_replicas": 1, "max_replicas": 4})
+    else:
+        options["num_replicas"] = serve_spec.num_replicas
+    return options
+
+
+def app_name(job_id: str) -> str:
+    return f"sanstream-{job_id}"
+
+
+def deploy(spec: JobSpec, job_id: str) -> serve.handle.DeploymentHandle:
+    """Start (or reuse) Serve without an HTTP proxy and run this job's replica pool."""
+    serve.start(
+        proxy_location="Disabled", logging_config={"log_level": "WARNING", "enable_access_log": False}
+    )
+    gpus_available = ray.cluster_resources().get("GPU", 0) > 0
+    deployment = serve.deployment(SegmentationReplica, name="SegmentationReplica").options(
+        **deployment_options(spec, gpus_available)
+    )
+    weights = spec.model.weights or spec.model.name
+    app = deployment.bind(
+        spec.model.name,
+        weights,
+        spec.model.device,
+        spec.model.dtype,
+        spec.serve.batch_size,
+        spec.serve.batch_wait_timeout_s,
+    )
+    return serve.run(app, name=app_name(job_id), route_prefix=None)
+
+
+def undeploy(job_id: str) -> None:
+    # Serve may already be gone (cluster shutting down): then there is nothing left to delete.
+    with contextlib.suppress(Exception):
+        serve.delete(app_name(job_id), _blocking=False)

@@ -1,0 +1,43 @@
+"""`sanstream cancel`: ask a job to stop, from any shell that can reach its job state.
+
+Cancelling only sets a flag in the job store; the job's workers poll it and wind down themselves, so
+what is already written stays consistent and the job ends as `cancelled` rather than dying mid-part.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
+from pipeline.jobs.state import UnknownJobError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("cancel", help="ask a running job to stop")
+    parser.add_argument("job", help="job id (see `sanstream status --out DIR`)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output directory the job wrote to (default: %(default)s)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    job_id = check_job_id(args.job)
+    with open_job_store(args.out) as store:
+        try:
+            status = store.status(job_id)
+        except UnknownJobError:
+            raise known_jobs_error(store, job_id, args.out) from None
+        if status in TERMINAL_STATUSES:
+            print(f"job {job_id} already finished ({status}); nothing to cancel")
+            return 0
+        if store.cancel_requested(job_id):
+            print(f"cancel of job {job_id} was already requested; it is still {status}")
+            return 0
+        store.request_cancel(job_id)
+    print(f"cancel requested for job {job_id} (was {status}); its workers stop at their next check")
+    return 0

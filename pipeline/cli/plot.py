@@ -1,0 +1,142 @@
+"""`sanstream plot`: each class's share of the frame over time for one stream, as a PNG line chart.
+
+A picture answers "when was the road busy" faster than a table, and it is drawn from the same Parquet
+output as `sanstream query`, so it works on a finished job and on one still writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.cli.common import CommandError, require_out_dir
+from pipeline.storage.query import run_sql
+
+#: Classes named in the legend; with a long vocabulary the rest are drawn thin and grey, unnamed.
+LEGEND_CLASSES = 12
+
+_ROWS_SQL = """
+SELECT job_id, frame_index, pts_seconds, class_id, class_name, fraction
+FROM class_areas
+WHERE stream_id = ? {job_filter}
+ORDER BY pts_seconds, frame_index, class_id
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("plot", help="chart each class's area fraction over time for one stream")
+    parser.add_argument("out", type=Path, help="output directory of a job")
+    parser.add_argument("--stream", required=True, help="stream id to plot")
+    parser.add_argument("--job", default=None, help="job id; needed when several jobs wrote this stream")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="image file to write (default: OUT/plots/<stream>.png)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def _stream_rows(out: Path, stream: str, job: str | None) -> pa.Table:
+    """The stream's class-area rows, with errors that list what IS there when nothing matches."""
+    job_filter, params = ("AND job_id = ?", [stream, job]) if job is not None else ("", [stream])
+    rows = run_sql(out, _ROWS_SQL.format(job_filter=job_filter), params)
+    if rows.num_rows == 0:
+        streams = run_sql(out, "SELECT DISTINCT stream_id FROM class_areas ORDER BY 1")["stream_id"]
+        present = [str(s) for s in streams.to_pylist()]
+        if stream not in present:
+            listing = ", ".join(present) if present else "none yet"
+            raise CommandError(f"no stream {stream!r} in {out}; streams present: {listing}")
+        jobs = run_sql(
+            out, "SELECT DISTINCT job_id FROM class_areas WHERE stream_id = ? ORDER BY 1", [stream]
+        )
+        raise CommandError(
+            f"job {job!r} wrote no rows for stream {stream!r}; jobs that did: "
+            + ", ".join(jobs["job_id"].to_pylist())
+        )
+    jobs = sorted(set(rows["job_id"].to_pylist()))
+    if len(jobs) > 1:
+        raise CommandError(
+            f"stream {stream!r} was written by several jobs ({', '.join(jobs)}); pick one with --job"
+        )
+    return rows
+
+
+def _series(rows: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Times (one per frame), class names by class id, and a frames x classes fraction matrix.
+
+    Keyed by frame index, so a frame's classes line up even if a class is missing from some frame.
+    """
+    frame_index = rows["frame_index"].to_numpy()
+    class_id = rows["class_id"].to_numpy()
+    frames, frame_pos = np.unique(frame_index, return_inverse=True)
+    pts = np.zeros(len(frames))
+    pts[frame_pos] = rows["pts_seconds"].to_numpy()
+    n_classes = int(class_id.max()) + 1
+    names = [f"class {i}" for i in range(n_classes)]
+    for cid, name in zip(class_id.tolist(), rows["class_name"].to_pylist(), strict=True):
+        names[cid] = name
+    fractions = np.full((len(frames), n_classes), np.nan)
+    fractions[frame_pos, class_id] = rows["fraction"].to_numpy()
+    order = np.argsort(pts, kind="stable")
+    return pts[order], names, fractions[order]
+
+
+def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot's import
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    means = np.nan_to_num(np.nanmean(np.where(np.isnan(fractions), 0.0, fractions), axis=0))
+    ranked = np.argsort(-means, kind="stable")
+    named = set(ranked[:LEGEND_CLASSES].tolist())
+    colours = plt.get_cmap("tab10" if len(named) <= 10 else "tab20").colors
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    try:
+        for rank, cid in enumerate(ranked.tolist()):
+            if cid in named:
+                ax.plot(pts, fractions[:, cid], label=names[cid], color=colours[rank], linewidth=1.8)
+            else:
+                ax.plot(pts, fractions[:, cid], color="0.75", linewidth=0.6, zorder=0)
+        ax.set_xlabel("time in stream (s)")
+        ax.set_ylabel("share of frame")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(0, 1)
+        if len(pts) > 1:
+            ax.set_xlim(pts[0], pts[-1])
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        hidden = len(names) - len(named)
+        ax.legend(
+            title=f"class (+{hidden} more in grey)" if hidden else "class",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize="small",
+        )
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = require_out_dir(args.out)
+    target = args.output if args.output is not None else out / "plots" / f"{args.stream}.png"
+    if target.suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
+        raise CommandError(f"{target}: the output must end in .png, .svg, .pdf or .jpg")
+    rows = _stream_rows(out, args.stream, args.job)
+    pts, names, fractions = _series(rows)
+    job = rows["job_id"][0].as_py()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot create {target.parent}: {error.strerror or error}") from None
+    frames = len(pts)
+    try:
+        render(target, pts, names, fractions, f"stream {args.stream} — job {job} ({frames:,} frames)")
+    except OSError as error:
+        raise CommandError(f"cannot write {target}: {error.strerror or error}") from None
+    print(f"wrote {target} ({len(names)} classes, {frames:,} frames)")
+    return 0

@@ -1,0 +1,155 @@
+"""`sanstream status`: a job's progress, or the jobs of an output directory, from another shell.
+
+It reads the job store only (Redis), never the Parquet output or the model, so it answers quickly and
+works while the job runs, after it ended, and after the machine restarted (the embedded server's data
+persists under the output directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
+from pipeline.jobs.state import UnknownJobError
+
+RECENT_ERRORS = 10
+_STATUS_STYLE = {
+    "queued": "yellow",
+    "pending": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("status", help="show a job's progress, or list the jobs of an output dir")
+    parser.add_argument("job", nargs="?", help="job id; omit to list every job")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output directory the job wrote to (default: %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the full job state as JSON")
+    parser.set_defaults(handler=run_status)
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _styled(status: str | None) -> str:
+    text = status or "?"
+    style = _STATUS_STYLE.get(text)
+    return f"[{style}]{text}[/{style}]" if style else text
+
+
+def _count(value: Any) -> str:
+    return f"{int(value):,}" if isinstance(value, int | float) else "-"
+
+
+def job_table(jobs: list[dict[str, Any]], out: Path) -> Table:
+    table = Table(title=f"jobs in {out}")
+    table.add_column("job")
+    table.add_column("status")
+    table.add_column("created")
+    table.add_column("updated")
+    for job in jobs:
+        table.add_row(job["job_id"], _styled(job["status"]), _when(job["created"]), _when(job["updated"]))
+    return table
+
+
+def stream_table(snapshot: dict[str, Any]) -> Table:
+    table = Table(title="streams")
+    table.add_column("stream")
+    table.add_column("status")
+    for name in ("decoded", "analysed", "written", "last written frame", "errors"):
+        table.add_column(name, justify="right")
+    for stream_id, info in snapshot["streams"].items():
+        last = info.get("last_written_frame")
+        table.add_row(
+            stream_id,
+            _styled(info.get("status")),
+            _count(info.get("decoded")),
+            _count(info.get("analysed")),
+            _count(info.get("written")),
+            "-" if last is None or last < 0 else str(last),
+            _count(info.get("error_count")),
+        )
+    return table
+
+
+def error_table(errors: list[dict[str, Any]], total: int) -> Table:
+    shown = errors[-RECENT_ERRORS:]
+    title = f"recent errors ({len(shown)} of {total})" if total > len(shown) else "errors"
+    table = Table(title=title)
+    table.add_column("time")
+    table.add_column("stream")
+    table.add_column("kind")
+    table.add_column("message", overflow="fold")
+    for error in shown:
+        table.add_row(
+            _when(error.get("time")), error.get("stream") or "-", error.get("kind", ""), error["message"]
+        )
+    return table
+
+
+def print_snapshot(console: Console, snapshot: dict[str, Any]) -> None:
+    status = snapshot["status"]
+    console.print(f"job [bold]{snapshot['job_id']}[/bold]: {_styled(status)}")
+    times = [f"created {_when(snapshot['created'])}"]
+    if snapshot.get("started") is not None:
+        times.append(f"started {_when(snapshot['started'])}")
+    if snapshot.get("finished") is not None:
+        times.append(f"finished {_when(snapshot['finished'])}")
+    elif snapshot.get("started") is not None:
+        times.append(f"running for {time.time() - snapshot['started']:.0f}s")
+    console.print(", ".join(times))
+    if snapshot["cancel_requested"] and status not in TERMINAL_STATUSES:
+        console.print("[magenta]cancel requested[/magenta]: workers stop at their next check")
+    if snapshot["heartbeats"]:
+        latest = max(snapshot["heartbeats"].values())
+        console.print(
+            f"{len(snapshot['heartbeats'])} workers, last heartbeat {time.time() - latest:.0f}s ago"
+        )
+    console.print(stream_table(snapshot))
+    if snapshot["errors"]:
+        console.print(error_table(snapshot["errors"], snapshot["error_count"]))
+    else:
+        console.print("no errors")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    console = Console()
+    job_id = check_job_id(args.job) if args.job is not None else None
+    with open_job_store(args.out) as store:
+        if job_id is None:
+            jobs = store.list_jobs()
+            if args.json:
+                print(json.dumps(jobs, indent=2))
+            elif not jobs:
+                console.print(f"no jobs in {args.out}")
+            else:
+                console.print(job_table(jobs, args.out))
+            return 0
+        try:
+            snapshot = store.snapshot(job_id)
+        except UnknownJobError:
+            raise known_jobs_error(store, job_id, args.out) from None
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print_snapshot(console, snapshot)
+    return 0
