@@ -55,6 +55,8 @@ class StreamOutcome:
     error_kind: str | None = None
     error: str | None = None
     dropped_frames: int = 0
+    node_id: str = ""
+    replica_nodes: set[str] = field(default_factory=set)
     batches: list[tuple[str, int, int, tuple[str, ...]]] = field(default_factory=list)
 
 
@@ -127,7 +129,7 @@ class StreamDecoder:
         counts = {"decoded": 0, "corrupt_packets": 0}
         producer = threading.Thread(target=self._produce, args=(frames, start, failure, counts), daemon=True)
         producer.start()
-        outcome = StreamOutcome(sid, "completed")
+        outcome = StreamOutcome(sid, "completed", node_id=ray.get_runtime_context().get_node_id())
         in_flight: collections.deque[tuple[Frame, Any]] = collections.deque()
         answered: list[FrameAreas] = []
         wall_times: list[float] = []

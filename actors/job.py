@@ -29,6 +29,15 @@ from pipeline.jobs.state import JobStore
 from pipeline.preflight import check_output_dir, check_weights, expected_frames
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Custom Ray resources each kind of actor requires, to decide which nodes run what (e.g. decoders on
+    CPU nodes near the cameras, replicas on GPU nodes). Empty means anywhere."""
+
+    decoders: dict[str, float] = field(default_factory=dict)
+    replicas: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class JobOutcome:
     job_id: str
@@ -69,6 +78,7 @@ def run_job(
     console: Console | None = None,
     on_started: Callable[[str, str], None] | None = None,
     commit_interval_s: float = 10.0,
+    placement: Placement | None = None,
 ) -> JobOutcome:
     """Run `spec` to the end and return what happened to each stream.
 
@@ -114,15 +124,16 @@ def _run(
     show_progress: bool,
     console: Console,
     commit_interval_s: float,
+    placement: Placement,
 ) -> JobOutcome:
     store.set_status(job_id, "running")
     outcome = JobOutcome(job_id, "running")
-    pool = deploy(spec, job_id)
+    pool = deploy(spec, job_id, placement.replicas)
     actors: list[object] = []
     try:
         pending: dict[object, str] = {}
         for stream in spec.streams:
-            writer = StreamWriter.remote(
+            writer = StreamWriter.options(resources=placement.decoders).remote(
                 str(spec.output), job_id, stream.id, list(stream.vocabulary), redis_url, commit_interval_s
             )
             decoder = StreamDecoder.remote(

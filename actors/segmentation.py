@@ -23,7 +23,7 @@ from ray import serve
 
 from pipeline.frames import FrameAreas
 from pipeline.jobs.spec import JobSpec
-from pipeline.san import Segmenter, load_checkpoint
+from pipeline.san import Segmenter, available_models, load_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,6 +47,7 @@ class SegmentReply:
 
     areas: FrameAreas
     replica: str
+    node_id: str
     batch_number: int
     batch_size: int
     batch_streams: tuple[str, ...]
@@ -75,11 +76,14 @@ class SegmentationReplica:
             if device == "auto" and torch.cuda.is_available()
             else ("cpu" if device == "auto" else device)
         )
-        san = load_checkpoint(weights, model=model)
+        # A checkpoint file says which model it is (its shapes); names and random weights need the preset.
+        is_file = weights not in available_models() and weights != "random"
+        san = load_checkpoint(weights, model=None if is_file else model)
         self.segmenter = Segmenter(san, device=target, dtype=resolve_dtype(dtype, target))
         self.segment.set_max_batch_size(max_batch_size)
         self.segment.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.name = serve.get_replica_context().replica_id.unique_id
+        self.node_id = ray.get_runtime_context().get_node_id()
         self._batches = itertools.count()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -108,11 +112,13 @@ class SegmentationReplica:
                 latency_seconds=done - request.wall_time,
                 labels=labels,
             )
-            replies.append(SegmentReply(areas, self.name, number, len(requests), streams))
+            replies.append(SegmentReply(areas, self.name, self.node_id, number, len(requests), streams))
         return replies
 
 
-def deployment_options(spec: JobSpec, gpus_available: bool) -> dict[str, Any]:
+def deployment_options(
+    spec: JobSpec, gpus_available: bool, resources: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Serve options from the job's `serve` section: replicas or autoscaling, GPUs when the cluster has
     them, and enough in-flight requests per replica to fill two batches."""
     serve_spec = spec.serve
@@ -120,7 +126,11 @@ def deployment_options(spec: JobSpec, gpus_available: bool) -> dict[str, Any]:
     if num_gpus is None:
         num_gpus = 1 if gpus_available else 0
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 0 if num_gpus else 1},
+        "ray_actor_options": {
+            "num_gpus": num_gpus,
+            "num_cpus": 0 if num_gpus else 1,
+            "resources": resources or {},
+        },
         "max_ongoing_requests": max(2 * serve_spec.batch_size, 4),
     }
     if serve_spec.autoscaling or serve_spec.num_replicas == "auto":
@@ -134,14 +144,18 @@ def app_name(job_id: str) -> str:
     return f"sanstream-{job_id}"
 
 
-def deploy(spec: JobSpec, job_id: str) -> serve.handle.DeploymentHandle:
-    """Start (or reuse) Serve without an HTTP proxy and run this job's replica pool."""
+def deploy(
+    spec: JobSpec, job_id: str, resources: dict[str, float] | None = None
+) -> serve.handle.DeploymentHandle:
+    """Start (or reuse) Serve without an HTTP proxy and run this job's replica pool.
+
+    `resources` are custom Ray resources each replica requires (to pin replicas to GPU nodes, say)."""
     serve.start(
         proxy_location="Disabled", logging_config={"log_level": "WARNING", "enable_access_log": False}
     )
     gpus_available = ray.cluster_resources().get("GPU", 0) > 0
     deployment = serve.deployment(SegmentationReplica, name="SegmentationReplica").options(
-        **deployment_options(spec, gpus_available)
+        **deployment_options(spec, gpus_available, resources)
     )
     weights = spec.model.weights or spec.model.name
     app = deployment.bind(

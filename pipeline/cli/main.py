@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import cancel, plot, query, segment, status, weights
+from pipeline.cli import cancel, demo, plot, query, run, segment, status, weights
 from pipeline.errors import USER_ERRORS
 
 
@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sanstream", description="Open-vocabulary semantic segmentation of video (SAN) at cluster scale."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
+    demo.add_parser(subparsers)
+    run.add_parser(subparsers)
     segment.add_parser(subparsers)
     weights.add_parser(subparsers)
     status.add_parser(subparsers)

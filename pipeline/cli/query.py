@@ -24,7 +24,7 @@ from pipeline.cli.common import CommandError, require_out_dir
 from pipeline.storage.query import run_sql, summary
 
 DEFAULT_MAX_ROWS = 50
-_CARET_RE = re.compile(r"\s*\^\s*")
+_CARET_RE = re.compile(r"\^+")
 _LINE_RE = re.compile(r"LINE \d+:")
 
 
@@ -82,8 +82,8 @@ def result_table(result: pa.Table, title: str | None, max_rows: int) -> Table:
     return table
 
 
-def summary_table(result: pa.Table, title: str) -> Table:
-    table = Table(title=title)
+def summary_table(result: pa.Table) -> Table:
+    table = Table()
     several_jobs = len(set(result["job_id"].to_pylist())) > 1
     if several_jobs:
         table.add_column("job")
@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
             job = f" of job {args.job}" if args.job else ""
             console.print(f"no class areas{job} in {out} yet")
         else:
-            console.print(summary_table(result, f"class area fractions over time in {out}"))
+            console.print(f"share of the frame per class over time, {out}:")
+            console.print(summary_table(result))
         return 0
     if result.num_columns == 0:
         console.print("done (the statement returned no result set)")

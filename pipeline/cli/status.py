@@ -75,7 +75,7 @@ def stream_table(snapshot: dict[str, Any]) -> Table:
     table = Table(title="streams")
     table.add_column("stream")
     table.add_column("status")
-    for name in ("decoded", "analysed", "written", "last written frame", "errors"):
+    for name in ("decoded", "analysed", "written", "last frame", "errors"):
         table.add_column(name, justify="right")
     for stream_id, info in snapshot["streams"].items():
         last = info.get("last_written_frame")

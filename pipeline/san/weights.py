@@ -14,8 +14,10 @@ import hashlib
 import json
 import os
 import pickle
+import socket
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -109,19 +111,52 @@ def resolve_released(name: str) -> Path:
             if candidate.suffix != ".safetensors":
                 verify_sha256(candidate, source.sha256)
             return candidate
+    endpoint = (
+        os.environ.get("SANSTREAM_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    )
+    cached = _cached_download(source)
+    if cached is not None:
+        verify_sha256(cached, source.sha256)
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise _not_available(
+            name, source, "HF_HUB_OFFLINE is set and the file is not in the Hugging Face cache"
+        )
+    problem = _unreachable(endpoint)
+    if problem:
+        # Fail in seconds: huggingface_hub would otherwise retry with back-off for most of a minute.
+        raise _not_available(name, source, f"{endpoint} is unreachable ({problem})")
     try:
         from huggingface_hub import hf_hub_download
 
-        downloaded = hf_hub_download(
-            repo_id=source.hub_repo,
-            filename=source.filename,
-            endpoint=os.environ.get("SANSTREAM_HF_ENDPOINT") or None,
-        )
+        downloaded = hf_hub_download(repo_id=source.hub_repo, filename=source.filename, endpoint=endpoint)
     except Exception as error:  # huggingface_hub raises many types for offline/denied; all mean "not here"
         raise _not_available(name, source, f"download from the Hugging Face hub failed ({error})") from error
     path = Path(downloaded)
     verify_sha256(path, source.sha256)
     return path
+
+
+def _cached_download(source: WeightsSource) -> Path | None:
+    """The file if an earlier download left it in the Hugging Face cache (works offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id=source.hub_repo, filename=source.filename)
+    except Exception:  # an unreadable cache is the same as an empty one
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why the hub endpoint cannot be reached (DNS or TCP), or None when a connection opens."""
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
 
 
 def _released_source_for(path: Path) -> WeightsSource | None:
