@@ -101,7 +101,15 @@ def run_job(
             on_started(job_id, redis_url)
         with ray_session(address):
             outcome = _run(
-                spec, job_id, store, redis_url, settings, show_progress, console, commit_interval_s
+                spec,
+                job_id,
+                store,
+                redis_url,
+                settings,
+                show_progress,
+                console,
+                commit_interval_s,
+                placement or Placement(),
             )
         outcome.seconds = time.monotonic() - started
         return outcome

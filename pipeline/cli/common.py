@@ -75,10 +75,20 @@ def open_job_store(out: Path) -> Iterator[JobStore]:
                 f"no job state under {out}: {out / 'redis'} does not exist (no job wrote to this output "
                 "directory; pass its --out, or set REDIS_URL to the Redis the job used)"
             )
-    url, handle = resolve_redis(out)
+    try:
+        url, handle = resolve_redis(out)
+    except OSError as error:  # e.g. OUT/redis belongs to another user
+        raise CommandError(
+            f"cannot use the job state in {out / 'redis'}: {error.strerror or error}"
+        ) from None
     where = f"REDIS_URL={redacted(url)}" if env_url else f"the job state server of {out}"
     try:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
+        try:
+            client = redis.Redis.from_url(
+                url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+            )
+        except ValueError as error:  # a malformed REDIS_URL, e.g. without `redis://`
+            raise CommandError(f"cannot use {where}: {error}") from None
         try:
             try:
                 client.ping()

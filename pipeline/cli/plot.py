@@ -89,15 +89,19 @@ def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray,
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
-    means = np.nan_to_num(np.nanmean(np.where(np.isnan(fractions), 0.0, fractions), axis=0))
+    means = np.nan_to_num(fractions).mean(axis=0)  # a class missing from a frame counts as absent
     ranked = np.argsort(-means, kind="stable")
     named = set(ranked[:LEGEND_CLASSES].tolist())
-    colours = plt.get_cmap("tab10" if len(named) <= 10 else "tab20").colors
+    palette = plt.get_cmap("tab10" if len(named) <= 10 else "tab20").colors
+    # With every class named, colour follows the class id, so one vocabulary looks the same in every plot;
+    # otherwise the legend's top classes take the palette in rank order.
+    by_id = len(named) == len(names)
     fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     try:
         for rank, cid in enumerate(ranked.tolist()):
             if cid in named:
-                ax.plot(pts, fractions[:, cid], label=names[cid], color=colours[rank], linewidth=1.8)
+                colour = palette[cid if by_id else rank]
+                ax.plot(pts, fractions[:, cid], label=names[cid], color=colour, linewidth=1.8)
             else:
                 ax.plot(pts, fractions[:, cid], color="0.75", linewidth=0.6, zorder=0)
         ax.set_xlabel("time in stream (s)")
@@ -138,5 +142,6 @@ def run(args: argparse.Namespace) -> int:
         render(target, pts, names, fractions, f"stream {args.stream} — job {job} ({frames:,} frames)")
     except OSError as error:
         raise CommandError(f"cannot write {target}: {error.strerror or error}") from None
-    print(f"wrote {target} ({len(names)} classes, {frames:,} frames)")
+    classes = f"{len(names)} class{'es' if len(names) != 1 else ''}"
+    print(f"wrote {target} ({classes}, {frames:,} frame{'s' if frames != 1 else ''})")
     return 0

@@ -101,7 +101,7 @@ def error_table(errors: list[dict[str, Any]], total: int) -> Table:
     table.add_column("message", overflow="fold")
     for error in shown:
         table.add_row(
-            _when(error.get("time")), error.get("stream") or "-", error.get("kind", ""), error["message"]
+            _when(error.get("time")), error.get("stream_id") or "-", error.get("kind", ""), error["message"]
         )
     return table
 
@@ -121,9 +121,9 @@ def print_snapshot(console: Console, snapshot: dict[str, Any]) -> None:
         console.print("[magenta]cancel requested[/magenta]: workers stop at their next check")
     if snapshot["heartbeats"]:
         latest = max(snapshot["heartbeats"].values())
-        console.print(
-            f"{len(snapshot['heartbeats'])} workers, last heartbeat {time.time() - latest:.0f}s ago"
-        )
+        workers = len(snapshot["heartbeats"])
+        plural = "s" if workers != 1 else ""
+        console.print(f"{workers} worker{plural}, last heartbeat {time.time() - latest:.0f}s ago")
     console.print(stream_table(snapshot))
     if snapshot["errors"]:
         console.print(error_table(snapshot["errors"], snapshot["error_count"]))

@@ -272,7 +272,7 @@ class JobStore:
 
         Lists keep the last 1000 records; `error_count` keeps the true total.
         """
-        record = json.dumps({"time": self.clock(), "stream": stream_id, "kind": kind, "message": message})
+        record = json.dumps({"time": self.clock(), "stream_id": stream_id, "kind": kind, "message": message})
         job_key = self._job(job_id)
         pipe = self.r.pipeline(transaction=True)
         targets = [job_key] + ([self._stream(job_id, stream_id)] if stream_id is not None else [])

@@ -97,7 +97,7 @@ def test_errors_heartbeats_and_cancel(store, job, monkeypatch):
     store.record_error(job, None, "serve", "replica died")
     assert [e["message"] for e in store.errors(job)] == ["corrupt packet", "replica died"]
     assert store.errors(job, "cam-a") == [
-        {"time": 100.0, "stream": "cam-a", "kind": "decode", "message": "corrupt packet"}
+        {"time": 100.0, "stream_id": "cam-a", "kind": "decode", "message": "corrupt packet"}
     ]
     assert store.errors(job, "cam-b") == []
     store.heartbeat(job, "decoder-cam-a")
@@ -152,7 +152,7 @@ def test_snapshot_is_complete_and_json(store, job):
     )
     assert a["committed"] == {"class_areas": {"rows": 30, "parts": 1, "last_frame": 9}}
     assert b["status"] == "pending" and b["errors"][0]["message"] == "404"
-    assert snap["errors"][0]["stream"] == "cam-b"
+    assert snap["errors"][0]["stream_id"] == "cam-b"
 
 
 def test_commit_fencing(store, job):

@@ -1,0 +1,73 @@
+"""`sanstream plot` draws a real PNG from Parquet written by the production writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli.main import main
+from tests.pipeline.cli.test_cli_query import write_outputs
+
+# matplotlib's tab10 C0 and C1: with every class in the legend, class 0 and class 1 get these colours.
+CLASS0_RGB = (31, 119, 180)
+CLASS1_RGB = (255, 127, 14)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def pixels_of(image: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    """(row, col) of every pixel with exactly this colour (line interiors are drawn in the pure colour)."""
+    return np.argwhere(np.all(image[..., :3] == np.array(rgb, dtype=np.uint8), axis=-1))
+
+
+def test_plot_writes_a_line_chart_per_class(tmp_path: Path, capsys) -> None:
+    out = write_outputs(tmp_path / "out")
+    code, text, err = run_cli(capsys, "plot", out, "--stream", "cam-a")
+    assert code == 0, err
+    target = out / "plots" / "cam-a.png"
+    assert f"wrote {target} (2 classes, 3 frames)" in text
+    with Image.open(target) as png:
+        assert png.format == "PNG" and png.size == (1200, 600)
+        image = np.asarray(png.convert("RGB"))
+    road, car = pixels_of(image, CLASS0_RGB), pixels_of(image, CLASS1_RGB)
+    assert len(road) > 300 and len(car) > 300  # two real lines (plus their legend swatches)
+    # road covers 50-100% of the frame and car 0-50%: the road line lies above the car line.
+    assert np.median(road[:, 0]) < np.median(car[:, 0])
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # text, axes, grid: not a blank canvas
+
+
+def test_plot_to_a_chosen_file_with_a_job(tmp_path: Path, capsys) -> None:
+    out = write_outputs(tmp_path / "out")
+    write_outputs(out, {"cam-a": (["water"], [[10], [20], [30], [40]])}, job_id="job-two")
+    code, _, err = run_cli(capsys, "plot", out, "--stream", "cam-a")
+    assert code == 2
+    assert "stream 'cam-a' was written by several jobs (job-q, job-two); pick one with --job" in err
+    target = tmp_path / "charts" / "water.png"
+    code, text, err = run_cli(
+        capsys, "plot", out, "--stream", "cam-a", "--job", "job-two", "--output", target
+    )
+    assert code == 0, err
+    assert f"wrote {target} (1 class, 4 frames)" in text
+    with Image.open(target) as png:
+        assert png.size == (1200, 600)
+        assert len(pixels_of(np.asarray(png.convert("RGB")), CLASS0_RGB)) > 300
+    assert not (out / "plots").exists()
+
+
+def test_unknown_stream_or_job_lists_what_is_there(tmp_path: Path, capsys) -> None:
+    out = write_outputs(tmp_path / "out")
+    code, text, err = run_cli(capsys, "plot", out, "--stream", "cam-z")
+    assert code == 2 and text == ""
+    assert err.strip() == f"sanstream plot: no stream 'cam-z' in {out}; streams present: cam-a, cam-b"
+    code, _, err = run_cli(capsys, "plot", out, "--stream", "cam-b", "--job", "job-x")
+    assert code == 2 and "job 'job-x' wrote no rows for stream 'cam-b'; jobs that did: job-q" in err
+    code, _, err = run_cli(capsys, "plot", tmp_path / "nowhere", "--stream", "cam-a")
+    assert code == 2 and "does not exist" in err
+    assert not (out / "plots").exists()

@@ -1,0 +1,180 @@
+"""`sanstream query` over Parquet written by the real `PartWriter`, with numbers worked out by hand."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli.main import main
+from pipeline.frames import FrameAreas
+from pipeline.storage.rows import class_area_table, frame_rows, vocabulary_rows
+from pipeline.storage.writer import PartWriter
+
+JOB = "job-q"
+# Per stream: vocabulary and per-frame pixel counts on a 10x10 frame, at 2 frames per second.
+DATA = {
+    "cam-a": (["road", "car"], [[100, 0], [50, 50], [80, 20]]),
+    "cam-b": (["sky", "tree", "person"], [[10, 90, 0], [30, 60, 10]]),
+}
+# (frames, mean, max) per (stream, class), computed by hand from DATA.
+EXPECTED = {
+    ("cam-a", "road"): (3, "76.67%", "100.00%"),
+    ("cam-a", "car"): (3, "23.33%", "50.00%"),
+    ("cam-b", "sky"): (2, "20.00%", "30.00%"),
+    ("cam-b", "tree"): (2, "75.00%", "90.00%"),
+    ("cam-b", "person"): (2, "5.00%", "10.00%"),
+}
+
+
+def write_outputs(out: Path, data: dict = DATA, job_id: str = JOB) -> Path:
+    """class_areas, frames and vocabularies for every stream in `data`, via the production writer."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stream_id, (vocab, frames) in data.items():
+        areas = [
+            FrameAreas(stream_id, i, i / 2.0, 10, 10, np.asarray(px, dtype=np.int64), 0.01 * i)
+            for i, px in enumerate(frames)
+        ]
+        with PartWriter(out, "class_areas", stream_id, max_rows=4) as writer:
+            writer.append(class_area_table(areas, vocab, job_id))
+        with PartWriter(out, "frames", stream_id) as writer:
+            writer.append(frame_rows(areas, [1000.0 + i for i in range(len(areas))], job_id))
+        with PartWriter(out, "vocabularies", stream_id) as writer:
+            writer.append(vocabulary_rows(job_id, stream_id, vocab))
+    return out
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Body rows of a rich table as lists of stripped cells."""
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in text.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return write_outputs(tmp_path / "out")
+
+
+def test_summary_table_numbers(out: Path, capsys) -> None:
+    code, text, err = run_cli(capsys, "query", out)
+    assert code == 0, err
+    rows = table_rows(text)
+    got = {(r[0], r[1]): (int(r[2]), r[3], r[4]) for r in rows}
+    assert got == EXPECTED
+    assert [r[1] for r in rows] == ["road", "car", "sky", "tree", "person"]  # vocabulary order per stream
+
+
+def test_summary_json_and_job_filter(out: Path, capsys) -> None:
+    code, text, _ = run_cli(capsys, "query", out, "--json")
+    assert code == 0
+    rows = {(r["stream_id"], r["class_name"]): r for r in json.loads(text)}
+    assert rows[("cam-a", "road")]["mean_fraction"] == pytest.approx((1.0 + 0.5 + 0.8) / 3)
+    assert rows[("cam-b", "tree")]["max_fraction"] == pytest.approx(0.9)
+    assert {r["frames"] for r in rows.values()} == {3, 2}
+    write_outputs(out, {"cam-c": (["water"], [[40], [60]])}, job_id="job-other")
+    code, text, _ = run_cli(capsys, "query", out)
+    assert code == 0 and ["job-other", "cam-c", "water", "2", "50.00%", "60.00%"] in table_rows(text)
+    code, text, _ = run_cli(capsys, "query", out, "--job", "job-other", "--json")
+    assert [(r["stream_id"], r["mean_fraction"]) for r in json.loads(text)] == [("cam-c", pytest.approx(0.5))]
+    code, text, _ = run_cli(capsys, "query", out, "--job", "job-none")
+    assert code == 0 and "no class areas of job job-none" in text
+
+
+def test_sql_result_as_table_csv_and_json(out: Path, capsys) -> None:
+    sql = (
+        "SELECT f.stream_id, count(*) AS frames, max(f.pts_seconds) AS last_pts, min(v.class_name) AS first_class "
+        "FROM frames f JOIN vocabularies v ON v.stream_id = f.stream_id AND v.class_id = 0 "
+        "GROUP BY f.stream_id ORDER BY f.stream_id"
+    )
+    code, text, err = run_cli(capsys, "query", out, sql)
+    assert code == 0, err
+    assert table_rows(text) == [["cam-a", "3", "1", "road"], ["cam-b", "2", "0.5", "sky"]]
+    assert "2 rows" in text
+    code, text, _ = run_cli(capsys, "query", out, sql, "--csv")
+    assert list(csv.DictReader(io.StringIO(text))) == [
+        {"stream_id": "cam-a", "frames": "3", "last_pts": "1.0", "first_class": "road"},
+        {"stream_id": "cam-b", "frames": "2", "last_pts": "0.5", "first_class": "sky"},
+    ]
+    code, text, _ = run_cli(capsys, "query", out, sql, "--json")
+    assert json.loads(text) == [
+        {"stream_id": "cam-a", "frames": 3, "last_pts": 1.0, "first_class": "road"},
+        {"stream_id": "cam-b", "frames": 2, "last_pts": 0.5, "first_class": "sky"},
+    ]
+
+
+def test_long_results_are_cut_with_a_note(out: Path, capsys) -> None:
+    code, text, _ = run_cli(capsys, "query", out, "SELECT range AS n FROM range(120)")
+    assert code == 0
+    assert [r[0] for r in table_rows(text)] == [str(i) for i in range(50)]
+    assert "showing 50 of 120 rows" in text
+    code, text, _ = run_cli(capsys, "query", out, "SELECT range AS n FROM range(120)", "--max-rows", "5")
+    assert len(table_rows(text)) == 5 and "showing 5 of 120 rows" in text
+    code, text, _ = run_cli(capsys, "query", out, "SELECT range AS n FROM range(120)", "--csv")
+    assert text.splitlines() == ["n", *map(str, range(120))]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC 1", 'Parser Error: syntax error at or near "SELEC"'),
+        ("SELECT * FROM nope", "Table with name nope does not exist"),
+        ("SELECT no_such_column FROM frames", 'Referenced column "no_such_column" not found'),
+    ],
+)
+def test_bad_sql_is_one_line_with_duckdbs_message(out: Path, capsys, sql: str, message: str) -> None:
+    code, text, err = run_cli(capsys, "query", out, sql)
+    assert code == 2 and text == ""
+    assert err.startswith("sanstream query: query failed: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_output_dir(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(capsys, "query", tmp_path / "nope")
+    assert code == 2 and f"output directory {tmp_path / 'nope'} does not exist" in err
+
+
+def test_empty_output_dir_has_empty_views(tmp_path: Path, capsys) -> None:
+    code, text, _ = run_cli(capsys, "query", tmp_path)
+    assert code == 0 and "no class areas in" in text
+    code, text, _ = run_cli(capsys, "query", tmp_path, "SELECT count(*) AS n FROM gaps", "--json")
+    assert json.loads(text) == [{"n": 0}]
+
+
+def test_query_in_a_real_process(out: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "query",
+            str(out),
+            "SELECT sum(pixels) AS px FROM class_areas",
+            "--csv",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["px", str(3 * 100 + 2 * 100)]
