@@ -165,6 +165,7 @@ class StreamDecoder:
                 outcome.batches.append(
                     (reply.replica, reply.batch_number, reply.batch_size, reply.batch_streams)
                 )
+                outcome.replica_nodes.add(reply.node_id)
                 reported["analysed"] += 1
                 self.store.incr(job, sid, "analysed")
                 if len(answered) >= self.settings.flush_frames:

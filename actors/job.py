@@ -144,7 +144,7 @@ def _run(
             writer = StreamWriter.options(resources=placement.decoders).remote(
                 str(spec.output), job_id, stream.id, list(stream.vocabulary), redis_url, commit_interval_s
             )
-            decoder = StreamDecoder.remote(
+            decoder = StreamDecoder.options(resources=placement.decoders).remote(
                 job_id, stream, redis_url, pool, writer, settings, spec.store_labels
             )
             actors += [writer, decoder]

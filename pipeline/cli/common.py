@@ -27,7 +27,7 @@ TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 class CommandError(ValueError):
     """A problem with what the user asked for (a missing directory, an unknown stream, bad SQL).
 
-    Listed in `pipeline.errors.USER_ERRORS`, so the CLI prints its message as one line, no traceback.
+    Listed in `pipeline.errors.user_errors()`, so the CLI prints its message as one line, no traceback.
     """
 
 

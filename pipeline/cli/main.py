@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.cli import cancel, demo, plot, query, run, segment, status, weights
-from pipeline.errors import USER_ERRORS
+from pipeline.errors import user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not isinstance(error, user_errors()):
+            raise
         print(f"sanstream {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from pipeline.jobs.ids import unique_stream_ids
 from pipeline.jobs.spec import JobSpec, load_job_spec, parse_job_spec
-from pipeline.san.vocabulary import parse_vocabulary_text
 from pipeline.storage.query import summary
 
 DEFAULT_OUT = Path("sanstream-out")
@@ -64,6 +63,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     else:
         if not args.sources or not args.vocab:
             raise SystemExit("give SOURCE... and --vocab (or --config job.yaml)")
+        from pipeline.san.vocabulary import parse_vocabulary_text
+
         vocabulary = list(parse_vocabulary_text(args.vocab))
         ids = unique_stream_ids(args.sources)
         sampling = {"every": args.every} if args.every else {"fps": args.fps or 1.0}

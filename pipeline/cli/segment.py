@@ -7,15 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.overlay import render_overlay
-from pipeline.san import Segmenter, load_checkpoint, parse_vocabulary_text
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = ("bf16", "fp16", "fp32")
 
 
 class InputImageError(ValueError):
@@ -30,7 +26,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=None, help="model preset; inferred from --weights when omitted")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute precision")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="compute precision")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +66,12 @@ def area_table(name: str, vocabulary: tuple[str, ...], areas: np.ndarray) -> Tab
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # the model stack loads only for commands that run the model
+
+    from pipeline.overlay import render_overlay
+    from pipeline.san import Segmenter, load_checkpoint, parse_vocabulary_text
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     console = Console()
     vocabulary = parse_vocabulary_text(args.vocab)
     model = load_checkpoint(args.weights, model=args.model)
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             "[yellow]using random weights: the masks are meaningless (pipeline check only)[/yellow]"
         )
-    segmenter = Segmenter(model, device=args.device, dtype=DTYPES[args.dtype])
+    segmenter = Segmenter(model, device=args.device, dtype=dtypes[args.dtype])
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in args.images:

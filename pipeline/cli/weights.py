@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.san.weights import convert_to_safetensors, resolve_released
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("weights", help="download or convert SAN checkpoints")
@@ -26,11 +24,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     if args.target.suffix != ".safetensors":
         raise SystemExit(f"{args.target}: the target must end in .safetensors")
+    from pipeline.san.weights import convert_to_safetensors
+
     target = convert_to_safetensors(args.source, args.target, trust_pickle=args.trust)
     print(f"wrote {target}")
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
+    from pipeline.san.weights import resolve_released
+
     print(resolve_released(args.name))
     return 0
