@@ -142,7 +142,7 @@ class StreamDecoder:
                 if now - last_poll >= self.settings.poll_s:
                     last_poll = now
                     self.store.heartbeat(job, f"decoder:{sid}")
-                    self._report(counts, reported)
+                    self._report(counts, reported, frames.dropped)
                     if self.store.cancel_requested(job):
                         outcome.status = "cancelled"
                         self.stop.set()
@@ -177,7 +177,7 @@ class StreamDecoder:
         finally:
             self.stop.set()
             frames.cancel()
-            self._report(counts, reported)
+            self._report(counts, reported, frames.dropped)
         outcome.frames_analysed = reported["analysed"]
         outcome.dropped_frames = frames.dropped
         if failure and outcome.status != "cancelled":
@@ -191,7 +191,11 @@ class StreamDecoder:
         self.store.set_stream_status(job, sid, outcome.status)
         return outcome
 
-    def _report(self, counts: dict[str, int], reported: dict[str, int]) -> None:
+    def _report(self, counts: dict[str, int], reported: dict[str, int], dropped: int = 0) -> None:
+        if dropped > reported.get("dropped", 0):
+            with contextlib.suppress(Exception):
+                self.store.incr(self.job_id, self.stream.id, "dropped", dropped - reported.get("dropped", 0))
+                reported["dropped"] = dropped
         decoded = counts["decoded"]
         if decoded > reported["decoded"]:
             with contextlib.suppress(Exception):

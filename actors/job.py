@@ -27,6 +27,8 @@ from pipeline.jobs.redis_server import resolve_redis
 from pipeline.jobs.spec import JobSpec
 from pipeline.jobs.state import JobStore
 from pipeline.preflight import check_output_dir, check_weights, expected_frames
+from pipeline.storage.rows import records_table
+from pipeline.storage.writer import PartWriter
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def _run(
     placement: Placement,
 ) -> JobOutcome:
     store.set_status(job_id, "running")
+    errors_before = len(store.errors(job_id))
     outcome = JobOutcome(job_id, "running")
     pool = deploy(spec, job_id, placement.replicas)
     actors: list[object] = []
@@ -172,6 +175,7 @@ def _run(
             with contextlib.suppress(Exception):
                 ray.kill(actor)
         undeploy(job_id)
+    _write_error_tables(spec, job_id, store, errors_before)
     statuses = {s.status for s in outcome.streams.values()}
     if "cancelled" in statuses or store.cancel_requested(job_id):
         outcome.status = "cancelled"
@@ -193,6 +197,26 @@ def _collect(ref: object, job_id: str, stream_id: str, store: JobStore) -> Strea
         with contextlib.suppress(Exception):
             store.set_stream_status(job_id, stream_id, "failed")
         return StreamOutcome(stream_id, "failed", error_kind=type(error).__name__, error=message)
+
+
+def _write_error_tables(spec: JobSpec, job_id: str, store: JobStore, skip: int) -> None:
+    """Copy this run's stream errors from the job store into the `errors` Parquet table, so they can be
+    queried beside the areas (the store keeps them too, for `sanstream status`)."""
+    by_stream: dict[str, list[dict[str, object]]] = {}
+    for error in store.errors(job_id)[skip:]:
+        if error.get("stream_id"):
+            by_stream.setdefault(str(error["stream_id"]), []).append(
+                {
+                    "job_id": job_id,
+                    "stream_id": error["stream_id"],
+                    "time": float(error["time"]),
+                    "kind": str(error["kind"]),
+                    "message": str(error["message"]),
+                }
+            )
+    for stream_id, records in by_stream.items():
+        with contextlib.suppress(OSError), PartWriter(spec.output, "errors", stream_id) as writer:
+            writer.append(records_table("errors", records))
 
 
 def _update_progress(progress: Progress, tasks: dict[str, int], store: JobStore, job_id: str) -> None:

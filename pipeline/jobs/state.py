@@ -28,7 +28,7 @@ from pipeline.jobs.ids import check_id
 
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 STREAM_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-COUNTERS = ("decoded", "analysed", "written")
+COUNTERS = ("decoded", "analysed", "written", "dropped")
 PRIMARY_TABLE = "class_areas"  # its commits advance the stream's `written` / `last_written_frame`
 MAX_ERRORS_KEPT = 1000
 _TERMINAL = ("completed", "failed", "cancelled")

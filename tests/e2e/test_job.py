@@ -44,7 +44,9 @@ def job_spec(out: Path, videos: dict[str, Path], extra_streams: list[dict] | Non
                 },
                 *(extra_streams or []),
             ],
-            "serve": {"batch_size": 6, "batch_wait_timeout_s": 0.3},
+            # A batch holds more frames than one stream keeps in flight, and waits long enough for the other
+            # stream, so replica batches mix the two streams.
+            "serve": {"batch_size": 8, "batch_wait_timeout_s": 1.0},
         }
     )
 
@@ -70,7 +72,7 @@ def finished(
         ],
     )
     outcome = run_job(
-        spec, settings=DecoderSettings(max_in_flight=8), show_progress=False, commit_interval_s=0.5
+        spec, settings=DecoderSettings(max_in_flight=4), show_progress=False, commit_interval_s=0.5
     )
     return outcome, out, not_video
 
@@ -189,3 +191,12 @@ def test_frames_and_vocabulary_tables(finished: tuple[JobOutcome, Path, Path]) -
         f"SELECT stream_id, list(class_name ORDER BY class_id) FROM read_parquet('{out}/vocabularies/*/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert dict(vocab) == {"missing": ["x"], "river": RIVER, "street": STREET, "text": ["y"]}
+
+
+def test_stream_errors_are_queryable_in_parquet(finished: tuple[JobOutcome, Path, Path]) -> None:
+    _, out, _ = finished
+    rows = duckdb.sql(
+        f"SELECT stream_id, kind, message FROM read_parquet('{out}/errors/*/*.parquet', hive_partitioning=true) ORDER BY 1"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("missing", "SourceNotFound"), ("text", "NotAVideo")]
+    assert "missing.mp4" in rows[0][2]
