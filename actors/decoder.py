@@ -3,8 +3,13 @@ answers to the stream's writer in frame order.
 
 Decoding runs in a thread that fills a bounded queue: for files the queue blocks (backpressure, nothing is
 lost), for live sources it drops the oldest frame (counted) so a slow pool never makes a camera fall
-behind real time. The actor resumes from the writer's first uncommitted frame, which makes a restarted
-stream pick up exactly where its committed output ends.
+behind real time.
+
+Recovery: every attempt starts with `writer.begin()`, which answers the first uncommitted frame, and
+decoding restarts there. If the writer or a replica dies mid-attempt (Ray restarts both), the attempt is
+abandoned and a new one starts from the committed position; if this actor dies, Ray restarts it and
+re-runs `run()`, which does the same. Output stays exactly-once because only committed parts count and the
+writer drops replayed rows at or below the committed frame.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
+import os
 import queue
 import threading
 import time
@@ -19,12 +26,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import (
+    ActorUnavailableError,
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import RayServeException
 
+from actors.writer import WriterRestarted
 from pipeline.decode import DecodeError, Sampler, SourceOptions, VideoDecoder
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
 from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
+
+log = logging.getLogger(__name__)
+# Failures of the machinery rather than of the stream: a crashed writer or replica (restarted by Ray or
+# Serve), a lost object, a replica that is restarting. The attempt restarts from the committed frame.
+RECOVERABLE: tuple[type[BaseException], ...] = (
+    RayActorError,
+    ActorUnavailableError,
+    ObjectLostError,
+    WorkerCrashedError,
+    NodeDiedError,
+    RayServeException,
+    WriterRestarted,
+)
+BATCH_LOG = 256  # replica batches remembered per stream, for diagnostics and tests (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -37,6 +67,7 @@ class DecoderSettings:
         flush_frames: answered frames handed to the writer per call.
         open_timeout_s, read_timeout_s: network source timeouts.
         poll_s: how often cancellation is checked and heartbeats are written.
+        max_recoveries: attempts restarted after a writer or replica failure before the stream fails.
     """
 
     max_in_flight: int = 16
@@ -45,6 +76,7 @@ class DecoderSettings:
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
     poll_s: float = 0.5
+    max_recoveries: int = 20
 
 
 @dataclass
@@ -55,9 +87,17 @@ class StreamOutcome:
     error_kind: str | None = None
     error: str | None = None
     dropped_frames: int = 0
+    recoveries: int = 0
     node_id: str = ""
     replica_nodes: set[str] = field(default_factory=set)
-    batches: list[tuple[str, int, int, tuple[str, ...]]] = field(default_factory=list)
+    mixed_batches: int = 0
+    batches: collections.deque[tuple[str, int, int, tuple[str, ...]]] = field(
+        default_factory=lambda: collections.deque(maxlen=BATCH_LOG)
+    )
+
+
+class AttemptFailed(Exception):
+    """The writer or the pool failed under this attempt; the stream restarts from its committed frame."""
 
 
 def sampler_for(stream: StreamSpec) -> Sampler:
@@ -66,9 +106,14 @@ def sampler_for(stream: StreamSpec) -> Sampler:
     return Sampler(fps=stream.sampling.fps or 1.0)
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
+def actor_name(job_id: str, stream_id: str, role: str) -> str:
+    """Named actors let operators (and fault-injection tests) find a stream's actors."""
+    return f"{job_id}:{stream_id}:{role}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class StreamDecoder:
-    """Runs one stream from its resume point to the end (or cancellation, or a decode error)."""
+    """Runs one stream from its committed position to the end (or cancellation, or a decode error)."""
 
     def __init__(
         self,
@@ -88,10 +133,53 @@ class StreamDecoder:
         self.settings = settings
         self.return_labels = return_labels
         self.vocabulary = tuple(stream.vocabulary)
-        self.stop = threading.Event()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def run(self) -> StreamOutcome:
+        job, sid = self.job_id, self.stream.id
+        outcome = StreamOutcome(sid, "completed", node_id=ray.get_runtime_context().get_node_id())
+        while True:
+            try:
+                await self._attempt(outcome)
+                break
+            except Exception as error:
+                if not isinstance(error, AttemptFailed):
+                    outcome.status, outcome.error_kind = "failed", type(error).__name__
+                    outcome.error = f"{type(error).__name__}: {error}"
+                    self.store.record_error(job, sid, outcome.error_kind, outcome.error)
+                    break
+                failure = error
+                outcome.recoveries += 1
+                cause = failure.__cause__ or failure
+                message = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+                if outcome.recoveries > self.settings.max_recoveries:
+                    outcome.status, outcome.error_kind, outcome.error = (
+                        "failed",
+                        type(cause).__name__,
+                        message,
+                    )
+                    self.store.record_error(
+                        job,
+                        sid,
+                        outcome.error_kind,
+                        f"gave up after {outcome.recoveries - 1} recoveries: {message}",
+                    )
+                    break
+                log.warning("stream %s: attempt failed (%s); resuming from the committed frame", sid, message)
+                self.store.record_error(job, sid, "recovered", message)
+                await asyncio.sleep(min(0.2 * outcome.recoveries, 2.0))
+        # The final stream status is set by the driver, which may still retry the stream (failure policy).
+        return outcome
 
     def _produce(
-        self, frames: FrameQueue[Frame], start: int, failure: list[BaseException], counts: dict[str, int]
+        self,
+        frames: FrameQueue[Frame],
+        start: int,
+        failure: list[BaseException],
+        counts: dict[str, int],
+        stop: threading.Event,
     ) -> None:
         options = SourceOptions(
             open_timeout=self.settings.open_timeout_s, read_timeout=self.settings.read_timeout_s
@@ -106,11 +194,10 @@ class StreamDecoder:
             ) as decoder:
                 for frame in decoder:
                     counts["decoded"] = decoder.stats.frames_decoded
-                    if self.stop.is_set():
+                    if stop.is_set():
                         break
                     frames.put(frame)
                 counts["decoded"] = decoder.stats.frames_decoded
-                counts["corrupt_packets"] = decoder.stats.corrupt_packets
         except QueueClosed:
             pass
         except BaseException as error:  # reported by the consumer, which owns the stream's state
@@ -118,22 +205,35 @@ class StreamDecoder:
         finally:
             frames.close()
 
-    async def run(self) -> StreamOutcome:
+    async def _call(self, awaitable: Any) -> Any:
+        """Await a writer or pool call; a dead or unreachable actor fails the attempt, not the stream.
+        Any other error (a bug, a full disk) fails the stream."""
+        try:
+            return await awaitable
+        except RECOVERABLE as error:
+            raise AttemptFailed(str(error)) from error
+
+    async def _attempt(self, outcome: StreamOutcome) -> None:
         job, sid = self.job_id, self.stream.id
-        self.store.set_stream_status(job, sid, "running")
-        start = await self.writer.resume_frame.remote()
+        start, epoch = await self._call(self.writer.begin.remote())
+        stop = threading.Event()
         frames: FrameQueue[Frame] = FrameQueue(
             self.settings.queue_size, "drop_oldest" if self.stream.live else "block"
         )
         failure: list[BaseException] = []
-        counts = {"decoded": 0, "corrupt_packets": 0}
-        producer = threading.Thread(target=self._produce, args=(frames, start, failure, counts), daemon=True)
+        counts = {"decoded": start}
+        reported = {
+            "decoded": int(self.store.stream_counter(job, sid, "decoded")),
+            "analysed": 0,
+            "dropped": 0,
+        }
+        producer = threading.Thread(
+            target=self._produce, args=(frames, start, failure, counts, stop), daemon=True
+        )
         producer.start()
-        outcome = StreamOutcome(sid, "completed", node_id=ray.get_runtime_context().get_node_id())
         in_flight: collections.deque[tuple[Frame, Any]] = collections.deque()
         answered: list[FrameAreas] = []
         wall_times: list[float] = []
-        reported = {"decoded": 0, "analysed": 0}
         last_poll = 0.0
         exhausted = False
         try:
@@ -143,9 +243,9 @@ class StreamDecoder:
                     last_poll = now
                     self.store.heartbeat(job, f"decoder:{sid}")
                     self._report(counts, reported, frames.dropped)
-                    if self.store.cancel_requested(job):
+                    if outcome.status != "cancelled" and self.store.cancel_requested(job):
                         outcome.status = "cancelled"
-                        self.stop.set()
+                        stop.set()
                         frames.cancel()
                 if not exhausted and len(in_flight) < self.settings.max_in_flight:
                     try:
@@ -159,27 +259,30 @@ class StreamDecoder:
                     in_flight.append((frame, self.pool.segment.remote(request)))
                     continue
                 frame, response = in_flight.popleft()
-                reply = await response
+                reply = await self._call(response)
                 answered.append(reply.areas)
                 wall_times.append(frame.wall_time)
                 outcome.batches.append(
                     (reply.replica, reply.batch_number, reply.batch_size, reply.batch_streams)
                 )
                 outcome.replica_nodes.add(reply.node_id)
-                reported["analysed"] += 1
+                outcome.mixed_batches += len(set(reply.batch_streams)) > 1
+                outcome.frames_analysed += 1
                 self.store.incr(job, sid, "analysed")
                 if len(answered) >= self.settings.flush_frames:
-                    await self.writer.append.remote(answered, wall_times)
+                    await self._call(self.writer.append.remote(answered, wall_times, epoch))
                     answered, wall_times = [], []
             producer.join(timeout=5)
-            await self.writer.append.remote(answered, wall_times)
-            await self.writer.close.remote()
+            await self._call(self.writer.append.remote(answered, wall_times, epoch))
+            await self._call(self.writer.close.remote(epoch))
         finally:
-            self.stop.set()
+            stop.set()
             frames.cancel()
+            for _, response in in_flight:
+                with contextlib.suppress(Exception):
+                    response.cancel()
             self._report(counts, reported, frames.dropped)
-        outcome.frames_analysed = reported["analysed"]
-        outcome.dropped_frames = frames.dropped
+        outcome.dropped_frames += frames.dropped
         if failure and outcome.status != "cancelled":
             error = failure[0]
             outcome.status = "failed"
@@ -188,19 +291,19 @@ class StreamDecoder:
                 str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
             )
             self.store.record_error(job, sid, outcome.error_kind, outcome.error)
-        self.store.set_stream_status(job, sid, outcome.status)
-        return outcome
 
-    def _report(self, counts: dict[str, int], reported: dict[str, int], dropped: int = 0) -> None:
-        if dropped > reported.get("dropped", 0):
-            with contextlib.suppress(Exception):
-                self.store.incr(self.job_id, self.stream.id, "dropped", dropped - reported.get("dropped", 0))
+    def _report(self, counts: dict[str, int], reported: dict[str, int], dropped: int) -> None:
+        """Push counter increments to the store. `decoded` is kept as an absolute position (frames of the
+        source decoded so far), so a replayed attempt does not count frames twice."""
+        with contextlib.suppress(Exception):
+            if dropped > reported["dropped"]:
+                self.store.incr(self.job_id, self.stream.id, "dropped", dropped - reported["dropped"])
                 reported["dropped"] = dropped
-        decoded = counts["decoded"]
-        if decoded > reported["decoded"]:
-            with contextlib.suppress(Exception):
-                self.store.incr(self.job_id, self.stream.id, "decoded", decoded - reported["decoded"])
-                reported["decoded"] = decoded
+            if counts["decoded"] > reported["decoded"]:
+                self.store.incr(
+                    self.job_id, self.stream.id, "decoded", counts["decoded"] - reported["decoded"]
+                )
+                reported["decoded"] = counts["decoded"]
 
 
 def _request(frame: Frame, vocabulary: tuple[str, ...], return_labels: bool) -> Any:

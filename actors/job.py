@@ -1,8 +1,10 @@
 """Running a job: the driver that starts Ray (or joins a cluster), the SAN pool, and a decoder and a writer
-per stream, shows progress, and records the outcome in the job store.
+per stream, shows progress, applies each stream's failure policy and records the outcome.
 
-A stream that fails (bad file, dead camera, crashed actor) is recorded as failed with its error and the
-other streams carry on; the job completes when at least one stream completed.
+A stream that fails (bad file, dead camera) is retried as its failure policy says, then recorded as failed
+with its error while the other streams carry on; the job completes when at least one stream completed.
+A job whose driver died is resumed by running it again with the same job id (`sanstream resume JOB`):
+each stream restarts from its last committed frame.
 """
 
 from __future__ import annotations
@@ -13,22 +15,33 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.exceptions import RayError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from actors.decoder import DecoderSettings, StreamDecoder, StreamOutcome
+from actors.decoder import DecoderSettings, StreamDecoder, StreamOutcome, actor_name
 from actors.segmentation import deploy, undeploy
 from actors.writer import StreamWriter
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.redis_server import resolve_redis
-from pipeline.jobs.spec import JobSpec
-from pipeline.jobs.state import JobStore
+from pipeline.jobs.spec import JobSpec, parse_job_spec
+from pipeline.jobs.state import JobStore, UnknownJobError
 from pipeline.preflight import check_output_dir, check_weights, expected_frames
 from pipeline.storage.rows import records_table
 from pipeline.storage.writer import PartWriter
+
+DRIVER = "driver"
+# A driver heartbeat older than this means the driver is gone and the job may be resumed.
+DRIVER_STALE_S = 15.0
+# Errors that retrying cannot fix: the job spec itself is wrong for this stream.
+PERMANENT_ERRORS = {"ProtocolNotAllowed"}
+
+
+class JobNotResumableError(RuntimeError):
+    """A job id that exists but cannot be (re)started now; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class JobOutcome:
     status: str
     streams: dict[str, StreamOutcome] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed: bool = False
 
 
 @contextlib.contextmanager
@@ -56,19 +70,41 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     target = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(
-        address=target,
-        namespace="sanstream",
-        include_dashboard=False,
-        logging_level="WARNING",
-        configure_logging=True,
-        log_to_driver=True,
-    )
+    ray.init(address=target, namespace="sanstream", include_dashboard=False, logging_level="WARNING")
     try:
         yield
     finally:
         if target is None:
             ray.shutdown()
+
+
+def _register(store: JobStore, spec: JobSpec, job_id: str) -> tuple[bool, set[str]]:
+    """Create the job, or take over an existing one whose driver is gone. Returns (resumed, streams
+    already finished)."""
+    try:
+        status = store.status(job_id)
+    except UnknownJobError:
+        store.create_job(job_id, spec.to_dict(), [s.id for s in spec.streams])
+        return False, set()
+    if status == "completed":
+        raise JobNotResumableError(f"job {job_id} already completed; choose another job id to run it again")
+    if status in ("failed", "cancelled"):
+        raise JobNotResumableError(
+            f"job {job_id} ended as {status}; its output stays as is. Start a new job id"
+        )
+    beat = store.heartbeats(job_id).get(DRIVER)
+    if beat is not None and time.time() - beat < DRIVER_STALE_S:
+        raise JobNotResumableError(
+            f"job {job_id} is running (driver heartbeat {time.time() - beat:.0f} s ago); "
+            f"wait {DRIVER_STALE_S:.0f} s after its driver stopped, or cancel it"
+        )
+    snapshot = store.snapshot(job_id)
+    done = {
+        sid
+        for sid, info in snapshot["streams"].items()
+        if info.get("status") in ("completed", "failed", "cancelled")
+    }
+    return True, done
 
 
 def run_job(
@@ -82,121 +118,179 @@ def run_job(
     commit_interval_s: float = 10.0,
     placement: Placement | None = None,
 ) -> JobOutcome:
-    """Run `spec` to the end and return what happened to each stream.
+    """Run `spec` to the end (or resume it, when its job id exists and its driver is gone).
 
     Args:
         address: Ray cluster address; None uses $RAY_ADDRESS or a local Ray.
         on_started: called with (job_id, redis_url) once the job is registered (tests use it to cancel).
     """
     console = console or Console(stderr=True)
-    settings = settings or DecoderSettings()
     out_dir = Path(spec.output)
     check_output_dir(out_dir)
     check_weights(spec.model.weights or spec.model.name, spec.model.name)
     job_id = spec.job_id or new_job_id()
     redis_url, embedded = resolve_redis(out_dir)
     started = time.monotonic()
+    store: JobStore | None = None
     try:
         store = JobStore.from_url(redis_url)
-        store.create_job(job_id, spec.to_dict(), [s.id for s in spec.streams])
+        resumed, finished = _register(store, spec, job_id)
+        store.heartbeat(job_id, DRIVER)
         if on_started:
             on_started(job_id, redis_url)
+        run = _Run(
+            spec,
+            job_id,
+            store,
+            redis_url,
+            settings or DecoderSettings(),
+            commit_interval_s,
+            placement or Placement(),
+        )
         with ray_session(address):
-            outcome = _run(
-                spec,
-                job_id,
-                store,
-                redis_url,
-                settings,
-                show_progress,
-                console,
-                commit_interval_s,
-                placement or Placement(),
-            )
+            outcome = run.execute(finished, show_progress, console)
+        outcome.resumed = resumed
         outcome.seconds = time.monotonic() - started
         return outcome
     except BaseException as error:
-        with contextlib.suppress(Exception):
-            store.record_error(job_id, None, type(error).__name__, str(error))
-            store.set_status(job_id, "failed")
+        if store is not None and not isinstance(error, JobNotResumableError):
+            with contextlib.suppress(Exception):
+                store.record_error(job_id, None, type(error).__name__, str(error))
+                store.set_status(job_id, "failed")
         raise
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _run(
-    spec: JobSpec,
-    job_id: str,
-    store: JobStore,
-    redis_url: str,
-    settings: DecoderSettings,
-    show_progress: bool,
-    console: Console,
-    commit_interval_s: float,
-    placement: Placement,
-) -> JobOutcome:
-    store.set_status(job_id, "running")
-    errors_before = len(store.errors(job_id))
-    outcome = JobOutcome(job_id, "running")
-    pool = deploy(spec, job_id, placement.replicas)
-    actors: list[object] = []
+def resume_job(job_id: str, out_dir: str | Path, **kwargs: Any) -> JobOutcome:
+    """Resume a job whose driver died, from the spec stored with it."""
+    redis_url, embedded = resolve_redis(out_dir)
     try:
-        pending: dict[object, str] = {}
-        for stream in spec.streams:
-            writer = StreamWriter.options(resources=placement.decoders).remote(
-                str(spec.output), job_id, stream.id, list(stream.vocabulary), redis_url, commit_interval_s
-            )
-            decoder = StreamDecoder.options(resources=placement.decoders).remote(
-                job_id, stream, redis_url, pool, writer, settings, spec.store_labels
-            )
-            actors += [writer, decoder]
-            pending[decoder.run.remote()] = stream.id
-        totals = {stream.id: expected_frames(stream) for stream in spec.streams}
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not show_progress,
-            transient=False,
-        ) as progress:
-            tasks = {sid: progress.add_task(sid, total=total) for sid, total in totals.items()}
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    stream_id = pending.pop(ref)
-                    outcome.streams[stream_id] = _collect(ref, job_id, stream_id, store)
-                _update_progress(progress, tasks, store, job_id)
-            _update_progress(progress, tasks, store, job_id)
+        snapshot = JobStore.from_url(redis_url).snapshot(job_id)
     finally:
-        for actor in actors:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
-        undeploy(job_id)
-    _write_error_tables(spec, job_id, store, errors_before)
-    statuses = {s.status for s in outcome.streams.values()}
-    if "cancelled" in statuses or store.cancel_requested(job_id):
-        outcome.status = "cancelled"
-    elif "completed" in statuses:
-        outcome.status = "completed"
-    else:
-        outcome.status = "failed"
-    store.set_status(job_id, outcome.status)
-    return outcome
+        if embedded is not None:
+            embedded.stop()
+    data = snapshot["spec"]
+    data["job_id"] = job_id
+    return run_job(parse_job_spec(_without_nulls(data)), **kwargs)
 
 
-def _collect(ref: object, job_id: str, stream_id: str, store: JobStore) -> StreamOutcome:
-    """A stream's outcome; a crashed actor becomes a failed stream with the error recorded."""
-    try:
-        return ray.get(ref)
-    except RayError as error:
-        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        store.record_error(job_id, stream_id, type(error).__name__, message)
-        with contextlib.suppress(Exception):
-            store.set_stream_status(job_id, stream_id, "failed")
-        return StreamOutcome(stream_id, "failed", error_kind=type(error).__name__, error=message)
+def _without_nulls(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: _without_nulls(value) if isinstance(value, dict) else value
+        for key, value in data.items()
+        if value is not None
+    }
+
+
+@dataclass
+class _Run:
+    spec: JobSpec
+    job_id: str
+    store: JobStore
+    redis_url: str
+    settings: DecoderSettings
+    commit_interval_s: float
+    placement: Placement
+
+    def execute(self, finished: set[str], show_progress: bool, console: Console) -> JobOutcome:
+        store, job_id = self.store, self.job_id
+        store.set_status(job_id, "running")
+        errors_before = len(store.errors(job_id))
+        outcome = JobOutcome(job_id, "running")
+        pool = deploy(self.spec, job_id, self.placement.replicas)
+        actors: list[Any] = []
+        try:
+            decoders: dict[str, Any] = {}
+            pending: dict[Any, str] = {}
+            attempts: dict[str, int] = {}
+            for stream in self.spec.streams:
+                if stream.id in finished:
+                    continue
+                with contextlib.suppress(Exception):
+                    store.set_stream_status(job_id, stream.id, "running")
+                writer = StreamWriter.options(
+                    name=actor_name(job_id, stream.id, "writer"), resources=self.placement.decoders
+                ).remote(
+                    str(self.spec.output),
+                    job_id,
+                    stream.id,
+                    list(stream.vocabulary),
+                    self.redis_url,
+                    self.commit_interval_s,
+                )
+                decoder = StreamDecoder.options(
+                    name=actor_name(job_id, stream.id, "decoder"), resources=self.placement.decoders
+                ).remote(job_id, stream, self.redis_url, pool, writer, self.settings, self.spec.store_labels)
+                actors += [writer, decoder]
+                decoders[stream.id] = decoder
+                attempts[stream.id] = 1
+                pending[decoder.run.remote()] = stream.id
+            totals = {s.id: expected_frames(s) for s in self.spec.streams if s.id in decoders}
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=not show_progress,
+            ) as progress:
+                tasks = {sid: progress.add_task(sid, total=total) for sid, total in totals.items()}
+                while pending:
+                    store.heartbeat(job_id, DRIVER)
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                    for ref in ready:
+                        stream_id = pending.pop(ref)
+                        result = self._collect(ref, stream_id)
+                        policy = self.spec.stream(stream_id).failure_policy
+                        if (
+                            result.status == "failed"
+                            and result.error_kind not in PERMANENT_ERRORS
+                            and attempts[stream_id] <= policy.retries
+                            and not store.cancel_requested(job_id)
+                        ):
+                            attempts[stream_id] += 1
+                            store.record_error(
+                                job_id,
+                                stream_id,
+                                "retry",
+                                f"attempt {attempts[stream_id]} of {policy.retries + 1} after: {result.error}",
+                            )
+                            time.sleep(min(2.0 ** (attempts[stream_id] - 2), 30.0))
+                            pending[decoders[stream_id].run.remote()] = stream_id
+                            continue
+                        outcome.streams[stream_id] = result
+                        with contextlib.suppress(Exception):
+                            store.set_stream_status(job_id, stream_id, result.status)
+                    _update_progress(progress, tasks, store, job_id)
+                _update_progress(progress, tasks, store, job_id)
+        finally:
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            undeploy(job_id)
+        _write_error_tables(self.spec, job_id, store, errors_before)
+        statuses = {s.status for s in outcome.streams.values()} | {
+            store.stream_status(job_id, sid) for sid in finished
+        }
+        if "cancelled" in statuses or store.cancel_requested(job_id):
+            outcome.status = "cancelled"
+        elif "completed" in statuses:
+            outcome.status = "completed"
+        else:
+            outcome.status = "failed"
+        store.set_status(job_id, outcome.status)
+        return outcome
+
+    def _collect(self, ref: Any, stream_id: str) -> StreamOutcome:
+        """A stream's outcome; an actor that could not be kept alive becomes a failed stream."""
+        try:
+            return ray.get(ref)
+        except RayError as error:
+            message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            self.store.record_error(self.job_id, stream_id, type(error).__name__, message)
+            return StreamOutcome(stream_id, "failed", error_kind=type(error).__name__, error=message)
 
 
 def _write_error_tables(spec: JobSpec, job_id: str, store: JobStore, skip: int) -> None:
@@ -226,5 +320,5 @@ def _update_progress(progress: Progress, tasks: dict[str, int], store: JobStore,
             info = snapshot["streams"].get(stream_id, {})
             status = info.get("status") or "pending"
             progress.update(
-                task, completed=int(info.get("analysed", 0) or 0), description=f"{stream_id} [{status}]"
+                task, completed=int(info.get("written", 0) or 0), description=f"{stream_id} [{status}]"
             )

@@ -1,12 +1,15 @@
 """One writer actor per stream: turns frame areas into committed Parquet parts and records each commit.
 
-The writer is the only process that publishes a stream's parts, so fencing lives here: it takes a new
-epoch from the job store when it starts, removes parts a previous (crashed) writer published but never
-recorded, and every later commit is accepted by Redis only under that epoch.
+The writer is the only process that publishes a stream's parts, so fencing lives here. Every attempt at a
+stream (first start, Ray restarting a crashed writer, a decoder starting over after a failure, a resumed
+job) begins with `begin()`: it takes a new epoch from the job store, removes parts that an earlier writer
+published but never recorded, drops whatever was buffered, and answers the first frame still needed. Redis
+accepts later commits only under that epoch, so a stale writer can never add a duplicate.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -21,6 +24,14 @@ from pipeline.storage.rows import class_area_table, frame_rows, vocabulary_rows
 from pipeline.storage.writer import PartWriter, remove_unrecorded_parts
 
 DEFAULT_COMMIT_INTERVAL_S = 10.0
+
+
+class WriterRestarted(RuntimeError):
+    """The writer began a new attempt (typically Ray restarted it after a crash) since the caller's
+    `begin()`: rows the caller sent before may be lost, so the caller must start over from `begin()`."""
+
+
+FRAME_TABLES = ("class_areas", "frames")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -51,33 +62,39 @@ class StreamWriter:
         self.vocabulary = list(vocabulary)
         self.store = JobStore.from_url(redis_url)
         self.commit_interval_s = commit_interval_s
+        self.max_rows = max_rows
+        self.begin()
+
+    def begin(self) -> tuple[int, int]:
+        """Start a fresh attempt (see the module docstring). Returns the first frame index still needed
+        (every frame before it is committed in every frame table) and the attempt's epoch, which the caller
+        passes to `append` so a writer restarted in between is noticed."""
+        job_id, stream_id = self.job_id, self.stream_id
         self.epoch = self.store.bump_writer_epoch(job_id, stream_id)
         record = partial(self.store.record_part, job_id, stream_id)
         self.writers: dict[str, PartWriter] = {}
-        for table in ("class_areas", "frames", "vocabularies"):
-            recorded = {part["name"] for part in self.store.committed_parts(job_id, stream_id, table)}
+        for table in (*FRAME_TABLES, "vocabularies"):
+            recorded = {part["part"] for part in self.store.committed_parts(job_id, stream_id, table)}
             remove_unrecorded_parts(self.out_dir, table, stream_id, recorded)
             self.writers[table] = PartWriter(
-                self.out_dir, table, stream_id, epoch=self.epoch, max_rows=max_rows, on_commit=record
+                self.out_dir, table, stream_id, epoch=self.epoch, max_rows=self.max_rows, on_commit=record
             )
         if not self.store.committed_parts(job_id, stream_id, "vocabularies"):
             self.writers["vocabularies"].append(vocabulary_rows(job_id, stream_id, self.vocabulary))
             self.writers["vocabularies"].flush()
         # Per table, the last frame already committed: rows at or below it are dropped, so frames replayed
-        # after a crash between the two tables' commits are written once in each table.
+        # after a crash between the two tables' commits end up exactly once in each table.
         self.committed = {
-            table: self.store.committed_frames(job_id, stream_id, table)
-            for table in ("class_areas", "frames")
+            table: self.store.committed_frames(job_id, stream_id, table) for table in FRAME_TABLES
         }
         self.last_commit = time.monotonic()
+        return min(self.committed.values()) + 1, self.epoch
 
-    def resume_frame(self) -> int:
-        """First frame index the stream still needs: everything before it is committed in every table."""
-        return min(self.committed.values()) + 1
-
-    def append(self, areas: list[FrameAreas], wall_times: list[float]) -> int:
+    def append(self, areas: list[FrameAreas], wall_times: list[float], epoch: int) -> int:
         """Buffer analysed frames (in frame order); commits when the interval has passed. Returns the
         number of frames committed by this call."""
+        if epoch != self.epoch:
+            raise WriterRestarted(f"writer of {self.stream_id} is at epoch {self.epoch}, caller at {epoch}")
         fresh = [a for a in areas if a.frame_index > self.committed["class_areas"]]
         if fresh:
             self.writers["class_areas"].append(class_area_table(fresh, self.vocabulary, self.job_id))
@@ -111,11 +128,13 @@ class StreamWriter:
         self.last_commit = time.monotonic()
         return sum(part.frames for part in parts)
 
-    def close(self) -> int:
+    def close(self, epoch: int) -> int:
+        if epoch != self.epoch:
+            raise WriterRestarted(f"writer of {self.stream_id} is at epoch {self.epoch}, caller at {epoch}")
         committed = self.flush()
         for writer in self.writers.values():
             writer.close()
         return committed
 
-    def ping(self) -> int:
-        return self.epoch
+    def pid(self) -> int:
+        return os.getpid()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 USER_ERROR_NAMES: dict[str, tuple[str, ...]] = {
+    "actors.job": ("JobNotResumableError",),
     "pipeline.cli.common": ("CommandError",),
     "pipeline.decode.errors": ("DecodeError",),
     "pipeline.jobs.redis_server": ("EmbeddedRedisError",),

@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(subparsers)
     run.add_parser(subparsers)
+    run.add_resume_parser(subparsers)
     segment.add_parser(subparsers)
     weights.add_parser(subparsers)
     status.add_parser(subparsers)

@@ -140,7 +140,11 @@ def execute(spec: JobSpec, args: argparse.Namespace, console: Console) -> int:
             "[yellow]using random weights: the masks are meaningless (pipeline check only)[/yellow]"
         )
     outcome = run_job(spec, address=args.address, show_progress=not args.no_progress, console=console)
-    out = Path(spec.output)
+    return report(outcome, Path(spec.output), console)
+
+
+def report(outcome: Any, out: Path, console: Console) -> int:
+    """Print the job's summary and per-stream problems; exit code 0 only when every stream completed."""
     console.print(summary_table(out, outcome.job_id))
     for stream_id, stream in outcome.streams.items():
         if stream.status != "completed":
@@ -156,3 +160,27 @@ def execute(spec: JobSpec, args: argparse.Namespace, console: Console) -> int:
 
 def run(args: argparse.Namespace) -> int:
     return execute(spec_from_args(args), args, Console())
+
+
+def add_resume_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "resume",
+        help="resume a job whose driver died; each stream restarts at its last committed frame",
+    )
+    parser.add_argument("job_id", help="the job to resume")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the job's output directory")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=resume)
+
+
+def resume(args: argparse.Namespace) -> int:
+    from actors.job import resume_job
+
+    console = Console()
+    outcome = resume_job(
+        args.job_id, args.out, address=args.address, show_progress=not args.no_progress, console=console
+    )
+    return report(outcome, Path(args.out), console)

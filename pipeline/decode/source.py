@@ -68,6 +68,10 @@ class SourceOptions:
             busy networks, which shows up as smeared, corrupt frames.
         threads: decoder threads; 0 lets FFmpeg use one per core, which oversubscribes a node that runs
             many decoders, so cluster deployments should set a small number.
+        probe_seconds: how much of the stream FFmpeg may read to work out its parameters before the first
+            frame is handed out (`analyzeduration`); None keeps FFmpeg's default (up to 5 s). Opening a
+            live stream waits that long in real time, so a live source that reconnects can shorten every
+            outage by setting 0.5-1 s; too short can miss the stream's frame rate or a late keyframe.
     """
 
     open_timeout: float = 10.0
@@ -75,6 +79,7 @@ class SourceOptions:
     allowed_protocols: frozenset[str] = DEFAULT_ALLOWED_PROTOCOLS
     rtsp_transport: str = "tcp"
     threads: int = 0
+    probe_seconds: float | None = None
 
 
 def source_scheme(source: str) -> str:
@@ -180,6 +185,8 @@ def _protocol_whitelist(scheme: str, allowed: frozenset[str]) -> str:
 
 def _container_options(scheme: str, options: SourceOptions) -> dict[str, str]:
     opts = {"protocol_whitelist": _protocol_whitelist(scheme, options.allowed_protocols)}
+    if options.probe_seconds is not None:
+        opts["analyzeduration"] = str(max(1, int(options.probe_seconds * 1_000_000)))
     read_us = str(max(1, int(options.read_timeout * 1_000_000)))
     if scheme in ("rtsp", "rtsps"):
         opts["rtsp_transport"] = options.rtsp_transport
@@ -216,7 +223,13 @@ def open_source(source: str | os.PathLike[str], options: SourceOptions | None = 
     started = time.monotonic()
     try:
         container = av.open(
-            url, mode="r", container_options=_container_options(scheme, options), timeout=timeout
+            url,
+            mode="r",
+            container_options=_container_options(scheme, options),
+            timeout=timeout,
+            # Tags are not ours to validate: a title in Latin-1 (common) or a damaged tag must not make
+            # PyAV's strict UTF-8 decoding raise UnicodeDecodeError out of av.open and lose the video.
+            metadata_errors="replace",
         )
     except (av.error.FFmpegError, OSError) as exc:
         raise map_open_error(source, exc, network, time.monotonic() - started, options) from exc
@@ -237,11 +250,23 @@ def _pick_video_stream(source: str, container: InputContainer) -> VideoStream:
         s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
     if not candidates:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        # Name cover art as such: "it contains audio, video" would contradict "no video stream".
+        kinds = sorted(
+            {
+                "cover art" if s.disposition & av.stream.Disposition.attached_pic else s.type
+                for s in container.streams
+            }
+        ) or ["no streams"]
         raise NotAVideo(source, "no video stream; it contains " + ", ".join(kinds))
-    stream = candidates[0]
-    if stream.codec_context is None:
-        raise NotAVideo(source, f"this FFmpeg build has no decoder for codec {stream.codec.name!r}")
+    # PyAV gives a stream it has no decoder for no codec context, and with it no codec name to report
+    # (`stream.codec` does not exist; touching it raised AttributeError). Such a stream is usually a
+    # damaged header (codec id 'unknown') rather than an exotic codec, so fall back to the next one.
+    decodable = [s for s in candidates if s.codec_context is not None]
+    if not decodable:
+        raise NotAVideo(
+            source, "no decoder for its video codec (a damaged header, or a codec this FFmpeg build lacks)"
+        )
+    stream = decodable[0]
     for other in container.streams:
         if other.index != stream.index:
             # Let the demuxer drop other streams' packets early instead of handing them to Python.

@@ -239,7 +239,9 @@ class EmbeddedRedis:
             f"pidfile {_conf_string(str((self.dir / 'redis.pid').resolve()))}",
             f"logfile {_conf_string(str((self.dir / 'redis.log').resolve()))}",
             "appendonly yes",
-            "appendfsync everysec",
+            # Every job-state write (a few per second) is on disk before it is acknowledged: a part
+            # recorded as committed must stay recorded even if the server is killed right after.
+            "appendfsync always",
             'appendfilename "appendonly.aof"',
             'dbfilename "dump.rdb"',
             "save 900 1",

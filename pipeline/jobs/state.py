@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from pipeline.jobs.ids import check_id
 
@@ -165,8 +167,20 @@ class JobStore:
         self._commit = client.register_script(_RECORD_COMMIT)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), **kwargs)
+    def from_url(cls, url: str, *, retry_for_s: float = 60.0, **kwargs: Any) -> JobStore:
+        """A store whose commands ride out a Redis restart: connection errors and "loading" replies are
+        retried with capped exponential back-off for about `retry_for_s` seconds before they surface.
+        Commits stay exactly-once under retries because the commit script is idempotent."""
+        retries = max(1, int(retry_for_s / 0.5))
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+        )
+        return cls(client, **kwargs)
 
     # keys -----------------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
@@ -265,6 +279,12 @@ class JobStore:
         if counter not in COUNTERS:
             raise ValueError(f"unknown counter {counter!r}; counters: {', '.join(COUNTERS)}")
         return int(self.r.hincrby(self._stream(job_id, stream_id), counter, amount))
+
+    def stream_counter(self, job_id: str, stream_id: str, counter: str) -> int:
+        """Current value of a stream counter (0 when never incremented)."""
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown counter {counter!r}; counters: {', '.join(COUNTERS)}")
+        return int(self.r.hget(self._stream(job_id, stream_id), counter) or 0)
 
     # errors ---------------------------------------------------------------------------------------
     def record_error(self, job_id: str, stream_id: str | None, kind: str, message: str) -> None:

@@ -1,0 +1,192 @@
+"""Fault injection with real Ray, Serve and Redis: kill a decoder, a writer, a replica (SIGKILL of the
+actor's process), or restart the Redis server, at chosen points mid-job. After recovery the output must
+equal, row for row, the output of an undisturbed run of the same job.
+
+Kill points are drawn from a seeded generator over the job's progress (frames analysed), so every run of
+the suite tries the same points; `KILL_POINTS` below records how many.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import psutil
+import pytest
+import ray
+
+from actors.decoder import DecoderSettings, actor_name
+from actors.job import JobOutcome, run_job
+from pipeline.jobs.redis_server import EmbeddedRedis
+from pipeline.jobs.spec import parse_job_spec
+from pipeline.jobs.state import JobStore
+from pipeline.sample_video import write_sample_video
+
+SAMPLED = {"alpha": 40, "beta": 30}  # frames each stream analyses (every frame of 4 s and 3 s at 10 fps)
+RNG = random.Random(20261126)
+KILL_POINTS = {
+    "decoder": sorted(RNG.sample(range(2, 30), 2)),
+    "writer": sorted(RNG.sample(range(2, 30), 2)),
+    "replica": sorted(RNG.sample(range(2, 30), 2)),
+    "redis": sorted(RNG.sample(range(2, 30), 1)),
+}
+COMPARED = {
+    "class_areas": "stream_id, frame_index, pts_seconds, class_id, class_name, pixels, fraction",
+    "frames": "stream_id, frame_index, pts_seconds, width, height",
+}
+
+
+@pytest.fixture(scope="module")
+def fault_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fault-videos")
+    return {
+        "alpha": write_sample_video(folder / "alpha.mp4", seconds=4, fps=10, size=(64, 96)),
+        "beta": write_sample_video(folder / "beta.mkv", seconds=3, fps=10, size=(48, 64)),
+    }
+
+
+def spec_for(out: Path, job_id: str, videos: dict[str, Path]):
+    return parse_job_spec(
+        {
+            "job_id": job_id,
+            "model": {"name": "san_tiny_test", "weights": "random"},
+            "output": str(out),
+            "streams": [
+                {
+                    "id": "alpha",
+                    "source": str(videos["alpha"]),
+                    "vocabulary": ["sky", "road", "car"],
+                    "sampling": {"every": 1},
+                },
+                {
+                    "id": "beta",
+                    "source": str(videos["beta"]),
+                    "vocabulary": ["water", "grass"],
+                    "sampling": {"every": 1},
+                },
+            ],
+            "serve": {"batch_size": 4, "batch_wait_timeout_s": 0.05},
+        }
+    )
+
+
+SETTINGS = DecoderSettings(max_in_flight=4, flush_frames=4, poll_s=0.2)
+
+
+def table_rows(out: Path, table: str) -> list[tuple]:
+    return duckdb.sql(
+        f"SELECT {COMPARED[table]} FROM read_parquet('{out}/{table}/*/*.parquet', hive_partitioning=true) "
+        "ORDER BY stream_id, frame_index" + (", class_id" if table == "class_areas" else "")
+    ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def reference(
+    local_ray: None, fault_videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[tuple]]:
+    out = tmp_path_factory.mktemp("reference")
+    outcome = run_job(
+        spec_for(out, "ref", fault_videos), settings=SETTINGS, show_progress=False, commit_interval_s=0.3
+    )
+    assert outcome.status == "completed"
+    rows = {table: table_rows(out, table) for table in COMPARED}
+    assert len(rows["frames"]) == sum(SAMPLED.values())
+    return rows
+
+
+def run_with_fault(
+    out: Path, job_id: str, videos: dict[str, Path], at_frame: int, inject: Callable[[JobStore, str], None]
+) -> JobOutcome:
+    """Run the job in a thread; when stream alpha has analysed `at_frame` frames, call `inject`."""
+    started: dict[str, str] = {}
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            result["outcome"] = run_job(
+                spec_for(out, job_id, videos),
+                settings=SETTINGS,
+                show_progress=False,
+                commit_interval_s=0.3,
+                on_started=lambda job, url: started.setdefault("url", url),
+            )
+        except BaseException as error:  # surfaced below
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while "url" not in started:
+        assert time.monotonic() < deadline and thread.is_alive(), result.get("error")
+        time.sleep(0.05)
+    store = JobStore.from_url(started["url"])
+    while store.stream_counter(job_id, "alpha", "analysed") < at_frame:
+        assert thread.is_alive(), f"job ended before kill point {at_frame}: {result}"
+        assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.02)
+    assert store.stream_status(job_id, "alpha") == "running"
+    assert store.committed_frames(job_id, "alpha") < SAMPLED["alpha"] - 1, (
+        "kill point came after the last commit"
+    )
+    inject(store, job_id)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "job did not finish after the fault"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["outcome"]  # type: ignore[return-value]
+
+
+def kill_actor(role: str) -> Callable[[JobStore, str], None]:
+    def inject(store: JobStore, job_id: str) -> None:
+        actor = ray.get_actor(actor_name(job_id, "alpha", role))
+        os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
+
+    return inject
+
+
+def kill_replica(store: JobStore, job_id: str) -> None:
+    victims = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(f"ServeReplica:sanstream-{job_id}" in part for part in (p.info["cmdline"] or []))
+    ]
+    assert victims, "no replica process found"
+    victims[0].send_signal(signal.SIGKILL)
+
+
+def restart_redis(out: Path) -> Callable[[JobStore, str], None]:
+    def inject(store: JobStore, job_id: str) -> None:
+        pid = int((out / "redis" / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1.0)  # the job keeps running against a dead server for a moment
+        EmbeddedRedis(out).start()  # same data dir and port; left running, the job's driver stops it
+
+    return inject
+
+
+CASES = [(kind, point) for kind, points in KILL_POINTS.items() for point in points]
+
+
+@pytest.mark.parametrize(("kind", "point"), CASES, ids=[f"{k}-at-{p}" for k, p in CASES])
+def test_output_after_a_fault_equals_the_undisturbed_run(
+    kind: str, point: int, reference: dict[str, list[tuple]], fault_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    inject = {
+        "decoder": kill_actor("decoder"),
+        "writer": kill_actor("writer"),
+        "replica": kill_replica,
+        "redis": restart_redis(tmp_path),
+    }[kind]
+    outcome = run_with_fault(tmp_path, f"fault-{kind}-{point}", fault_videos, point, inject)
+    assert outcome.status == "completed", outcome
+    assert {s.status for s in outcome.streams.values()} == {"completed"}
+    for table in COMPARED:
+        assert table_rows(tmp_path, table) == reference[table], f"{table} differs after killing the {kind}"
+    if kind in ("writer", "replica"):
+        assert outcome.streams["alpha"].recoveries >= 1 or outcome.streams["beta"].recoveries >= 1
