@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ from pipeline.preflight import check_output_dir, check_weights, expected_frames
 from pipeline.storage.rows import records_table
 from pipeline.storage.writer import PartWriter
 
-DRIVER = "driver"
-# A driver heartbeat older than this means the driver is gone and the job may be resumed.
+# Drivers heartbeat as "driver:<host>:<pid>". A driver on this host whose process is gone, or whose
+# heartbeat is older than DRIVER_STALE_S, no longer runs the job, which may then be resumed.
 DRIVER_STALE_S = 15.0
 # Errors that retrying cannot fix: the job spec itself is wrong for this stream.
 PERMANENT_ERRORS = {"ProtocolNotAllowed"}
@@ -92,12 +93,12 @@ def _register(store: JobStore, spec: JobSpec, job_id: str) -> tuple[bool, set[st
         raise JobNotResumableError(
             f"job {job_id} ended as {status}; its output stays as is. Start a new job id"
         )
-    beat = store.heartbeats(job_id).get(DRIVER)
-    if beat is not None and time.time() - beat < DRIVER_STALE_S:
-        raise JobNotResumableError(
-            f"job {job_id} is running (driver heartbeat {time.time() - beat:.0f} s ago); "
-            f"wait {DRIVER_STALE_S:.0f} s after its driver stopped, or cancel it"
-        )
+    for worker, beat in store.heartbeats(job_id).items():
+        if worker.startswith("driver:") and _driver_alive(worker, beat):
+            raise JobNotResumableError(
+                f"job {job_id} is still running ({worker}, heartbeat {time.time() - beat:.0f} s ago); "
+                f"cancel it, or wait until its driver has been gone for {DRIVER_STALE_S:.0f} s"
+            )
     snapshot = store.snapshot(job_id)
     done = {
         sid
@@ -105,6 +106,22 @@ def _register(store: JobStore, spec: JobSpec, job_id: str) -> tuple[bool, set[st
         if info.get("status") in ("completed", "failed", "cancelled")
     }
     return True, done
+
+
+def driver_name() -> str:
+    return f"driver:{socket.gethostname()}:{os.getpid()}"
+
+
+def _driver_alive(worker: str, beat: float) -> bool:
+    _, host, pid = worker.split(":", 2)
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return time.time() - beat < DRIVER_STALE_S
 
 
 def run_job(
@@ -135,7 +152,7 @@ def run_job(
     try:
         store = JobStore.from_url(redis_url)
         resumed, finished = _register(store, spec, job_id)
-        store.heartbeat(job_id, DRIVER)
+        store.heartbeat(job_id, driver_name())
         if on_started:
             on_started(job_id, redis_url)
         run = _Run(
@@ -171,17 +188,9 @@ def resume_job(job_id: str, out_dir: str | Path, **kwargs: Any) -> JobOutcome:
     finally:
         if embedded is not None:
             embedded.stop()
-    data = snapshot["spec"]
+    data = {key: value for key, value in snapshot["spec"].items() if value is not None}
     data["job_id"] = job_id
-    return run_job(parse_job_spec(_without_nulls(data)), **kwargs)
-
-
-def _without_nulls(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: _without_nulls(value) if isinstance(value, dict) else value
-        for key, value in data.items()
-        if value is not None
-    }
+    return run_job(parse_job_spec(data), **kwargs)
 
 
 @dataclass
@@ -237,8 +246,16 @@ class _Run:
                 disable=not show_progress,
             ) as progress:
                 tasks = {sid: progress.add_task(sid, total=total) for sid, total in totals.items()}
-                while pending:
-                    store.heartbeat(job_id, DRIVER)
+                retry_at: dict[str, float] = {}
+                while pending or retry_at:
+                    store.heartbeat(job_id, driver_name())
+                    for stream_id, due in list(retry_at.items()):
+                        if time.monotonic() >= due:
+                            del retry_at[stream_id]
+                            pending[decoders[stream_id].run.remote()] = stream_id
+                    if not pending:
+                        time.sleep(0.2)
+                        continue
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                     for ref in ready:
                         stream_id = pending.pop(ref)
@@ -257,8 +274,10 @@ class _Run:
                                 "retry",
                                 f"attempt {attempts[stream_id]} of {policy.retries + 1} after: {result.error}",
                             )
-                            time.sleep(min(2.0 ** (attempts[stream_id] - 2), 30.0))
-                            pending[decoders[stream_id].run.remote()] = stream_id
+                            # Capped exponential back-off, without holding up the other streams.
+                            retry_at[stream_id] = time.monotonic() + min(
+                                2.0 ** (attempts[stream_id] - 2), 30.0
+                            )
                             continue
                         outcome.streams[stream_id] = result
                         with contextlib.suppress(Exception):

@@ -1,8 +1,9 @@
 """Video decoding for the frame path: source -> sampled, upright RGB `Frame`s, with no Ray inside.
 
 Modules: `source` opens inputs safely (allowlist, timeouts), `sampling` picks frames, `decoder` yields
-them, `orientation` applies rotation metadata, `queues` buffers them between threads, `probe` describes a
-source up front, and `errors` holds the exceptions users act on.
+them, `live` keeps a live network stream going across outages (reconnects, stall watchdog, gap records),
+`orientation` applies rotation metadata, `queues` buffers them between threads, `probe` describes a source
+up front, and `errors` holds the exceptions users act on.
 """
 
 from pipeline.decode.decoder import DecodeStats, VideoDecoder, decode_frames, iter_frames
@@ -14,6 +15,7 @@ from pipeline.decode.errors import (
     SourceStalled,
     SourceUnreachable,
 )
+from pipeline.decode.live import Gap, LiveSource, LiveStats, LiveTimeline, ReconnectPolicy
 from pipeline.decode.probe import VideoInfo, probe
 from pipeline.decode.queues import FrameQueue, QueueClosed, QueuePolicy, frame_queue
 from pipeline.decode.sampling import FrameSelector, Sampler
@@ -31,11 +33,16 @@ __all__ = [
     "DecodeStats",
     "FrameQueue",
     "FrameSelector",
+    "Gap",
+    "LiveSource",
+    "LiveStats",
+    "LiveTimeline",
     "NotAVideo",
     "OpenedSource",
     "ProtocolNotAllowed",
     "QueueClosed",
     "QueuePolicy",
+    "ReconnectPolicy",
     "Sampler",
     "SourceNotFound",
     "SourceOptions",

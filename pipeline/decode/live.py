@@ -319,53 +319,60 @@ class _FFmpegInterrupter:
 
     def __init__(self, real: types.ModuleType) -> None:
         self._time = real
+        # Thread ident -> how far its clock has been pushed. No lock: this runs inside FFmpeg's callback,
+        # single dict operations are atomic under the GIL, an entry is only ever advanced and removed by
+        # its own thread, and `LiveSource` never marks a thread that has finished (see `_abort`).
         self._aborted: dict[int, float] = {}
-        self._lock = threading.Lock()
 
     def monotonic(self) -> float:
         now = self._time.monotonic()
         if not self._aborted:  # the hot path: nothing is being aborted
             return now
         ident = threading.get_ident()
-        with self._lock:
-            bump = self._aborted.get(ident)
-            if bump is None:
-                return now
-            bump += self._STEP
-            self._aborted[ident] = bump
+        bump = self._aborted.get(ident)
+        if bump is None:
+            return now
+        bump += self._STEP
+        self._aborted[ident] = bump
         return now + bump
 
     def abort(self, ident: int) -> None:
-        with self._lock:
-            self._aborted.setdefault(ident, 0.0)
+        self._aborted.setdefault(ident, 0.0)
 
     def clear(self, ident: int) -> None:
-        with self._lock:
-            self._aborted.pop(ident, None)
+        self._aborted.pop(ident, None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._time, name)
 
 
+_INSTALL_LOCK = threading.Lock()
+_INTERRUPTER: _FFmpegInterrupter | None = None
+_INSTALLED = False
+
+
 def _install_interrupter() -> _FFmpegInterrupter | None:
-    """Install the hook into PyAV, or return None (and rely on abandoning threads) if PyAV changed."""
-    core = av.container.core
-    current = getattr(core, "time", None)
-    if isinstance(current, _FFmpegInterrupter):
-        return current
-    if current is not time:
-        log.warning(
-            "PyAV %s: av.container.core no longer reads time.monotonic through a module global; live "
-            "sources cannot abort a blocked FFmpeg call and will abandon stuck reader threads instead",
-            av.__version__,
-        )
-        return None
-    interrupter = _FFmpegInterrupter(time)
-    core.time = interrupter  # type: ignore[attr-defined]
-    return interrupter
-
-
-_INTERRUPTER = _install_interrupter()
+    """Install the hook into PyAV once, on the first `LiveSource` (so merely importing the decode package
+    changes nothing), or return None and rely on abandoning threads if PyAV's internals changed."""
+    global _INTERRUPTER, _INSTALLED
+    with _INSTALL_LOCK:
+        if _INSTALLED:
+            return _INTERRUPTER
+        _INSTALLED = True
+        core = av.container.core
+        current = getattr(core, "time", None)
+        if isinstance(current, _FFmpegInterrupter):
+            _INTERRUPTER = current
+        elif current is time:
+            _INTERRUPTER = _FFmpegInterrupter(time)
+            core.time = _INTERRUPTER  # type: ignore[attr-defined]
+        else:
+            log.warning(
+                "PyAV %s: av.container.core no longer reads time.monotonic through a module global; live "
+                "sources cannot abort a blocked FFmpeg call and will abandon stuck reader threads instead",
+                av.__version__,
+            )
+        return _INTERRUPTER
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,7 +444,6 @@ class _Handoff:
         self._max_frames = max_frames
         self._cond = threading.Condition()
         self._closed = False
-        self._cancelled = False
 
     def put_frame(self, item: _Decoded) -> int:
         """Queue `item`; returns how many waiting frames were dropped to make room (0 or 1)."""
@@ -480,13 +486,15 @@ class _Handoff:
             self._closed = True
             self._cond.notify_all()
 
-    def cancel(self) -> None:
-        """No more items, and drop what is queued."""
+    def cancel(self) -> list[_Item]:
+        """No more items; drop what is queued and return it."""
         with self._cond:
-            self._closed = self._cancelled = True
+            self._closed = True
+            dropped = list(self._items)
             self._items.clear()
             self._frames = 0
             self._cond.notify_all()
+            return dropped
 
 
 @dataclass(slots=True)
@@ -569,26 +577,26 @@ class LiveSource:
         if buffer_frames < 1:
             raise ValueError(f"buffer_frames must be >= 1, got {buffer_frames}")
         self.stream_id = stream_id
+        self._interrupter = _install_interrupter()
         self.reconnect = reconnect or ReconnectPolicy()
         self.stats = LiveStats()
         #: The most recent gaps (all of them go to `on_gap`); bounded so a flapping camera cannot grow it.
         self.gaps: deque[Gap] = deque(maxlen=1024)
         self._on_gap = on_gap
-        self._stop = stop or threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
         self._stop_at_end = stop_at_end
         self._abandon_after = abandon_after
         self._rng = rng or random.Random()
         self._selector = (sampler or Sampler()).selector()
         self._handoff = _Handoff(buffer_frames)
-        self._wake = threading.Event()
         self._index = itertools.count()
         self._conn: _Connection | None = None
         self._supervisor: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        # Iterating-thread state, guarded by _state_lock because close() may finalise it from elsewhere.
-        self._state_lock = threading.Lock()
+        # Iterating-thread state, guarded by _state_lock because close() may finalise it from elsewhere;
+        # re-entrant because on_gap runs under it and may itself call close().
+        self._state_lock = threading.RLock()
         self._timeline = LiveTimeline()
-        self._current_conn: int | None = None
         self._last_ended_conn = -1
         self._outage: _Outage | None = None
         self._started_wall: float | None = None
@@ -599,7 +607,9 @@ class LiveSource:
     def start(self) -> LiveSource:
         """Start connecting now rather than at the first `next()`; idempotent."""
         with self._start_lock:
-            if self._supervisor is None and not self._stop.is_set():
+            if self._stop.is_set():
+                self._handoff.cancel()  # closed before it started: iteration ends at once
+            elif self._supervisor is None:
                 self._started_wall = time.time()
                 self._supervisor = threading.Thread(
                     target=self._supervise_forever, name=f"live-{self.stream_id}", daemon=True
@@ -640,7 +650,7 @@ class LiveSource:
                 elif isinstance(item, _Ended):
                     self._on_ended(item)
                 else:
-                    self._finish_locked(f"gave up: {_short(item.error)}")
+                    self._finish_locked(f"the source gave up ({_short(item.error)})")
                     raise item.error
 
     def close(self, timeout: float = 1.0) -> None:
@@ -650,8 +660,13 @@ class LiveSource:
         when closed) is reported before returning.
         """
         self._stop.set()
-        self._handoff.cancel()
-        self._wake.set()
+        pending = self._handoff.cancel()
+        # A connection that ended just now may not have reached the iterating thread yet; its outage
+        # must still be reported.
+        with self._state_lock:
+            for item in pending:
+                if isinstance(item, _Ended) and not self._finished:
+                    self._on_ended(item)
         conn = self._conn
         if conn is not None:
             self._abort(conn, "closed")
@@ -672,7 +687,6 @@ class LiveSource:
         """Place a received frame on the timeline, close any outage with a gap, and sample it."""
         if item.conn <= self._last_ended_conn:
             return None  # from an abandoned reader, after its connection was written off
-        self._current_conn = item.conn
         if item.raw_pts is None:
             self.stats.missing_pts += 1
         pts = self._timeline.place(
@@ -748,7 +762,8 @@ class LiveSource:
     # -- supervisor thread --------------------------------------------------------------------------
 
     def _supervise_forever(self) -> None:
-        retry = 0
+        retry = 0  # the number of the next retry: 1 after a lost connection, +1 per failed attempt
+        failed = 0  # consecutive attempts that delivered no frame, for max_attempts
         try:
             for conn_id in itertools.count():
                 if self._stop.is_set():
@@ -756,13 +771,10 @@ class LiveSource:
                 conn = _Connection(conn_id, time.time())
                 self._conn = conn
                 self.stats.attempts += 1
-                log.info(
-                    "%s [%s]: connecting (attempt %d%s)",
-                    redact(self.source),
-                    self.stream_id,
-                    retry + 1,
-                    "" if conn_id == 0 else f", connection {conn_id + 1}",
-                )
+                if conn_id == 0:
+                    log.info("%s [%s]: connecting", redact(self.source), self.stream_id)
+                else:
+                    log.info("%s [%s]: reconnecting (retry %d)", redact(self.source), self.stream_id, retry)
                 reader = threading.Thread(
                     target=self._read, args=(conn,), name=f"live-{self.stream_id}-{conn_id}", daemon=True
                 )
@@ -770,18 +782,19 @@ class LiveSource:
                 self._watch(conn)
                 if self._stop.is_set():
                     return
-                if conn.frames:
-                    retry = 0
-                    self.stats.losses += 1
                 if conn.ended_cleanly and conn.frames and self._stop_at_end:
                     log.info("%s [%s]: end of stream", redact(self.source), self.stream_id)
                     self._handoff.close()
                     return
                 reason = self._reason(conn)
                 self._handoff.put_event(_Ended(conn.id, conn.started_wall, reason))
-                retry += 0 if conn.frames else 1
+                if conn.frames:
+                    self.stats.losses += 1
+                    retry, failed = 1, 0
+                else:
+                    retry, failed = retry + 1, failed + 1
                 limit = self.reconnect.max_attempts
-                if limit is not None and retry >= limit:
+                if limit is not None and failed >= limit:
                     error = (
                         conn.error
                         if isinstance(conn.error, DecodeError)
@@ -791,13 +804,13 @@ class LiveSource:
                         "%s [%s]: giving up after %d attempts without a frame: %s",
                         redact(self.source),
                         self.stream_id,
-                        retry,
+                        failed,
                         reason,
                     )
                     self._handoff.put_event(_GaveUp(error))
                     self._handoff.close()
                     return
-                delay = self.reconnect.delay(max(retry, 1), self._rng)
+                delay = self.reconnect.delay(retry, self._rng)
                 log.warning(
                     "%s [%s]: %s; reconnecting in %.2f s", redact(self.source), self.stream_id, reason, delay
                 )
@@ -816,7 +829,6 @@ class LiveSource:
         deadline, and abandoning it if it does not return after an abort."""
         open_deadline = self.options.open_timeout + 1.0  # PyAV's own open timeout should fire first
         while True:
-            self._wake.clear()
             if conn.done.is_set():
                 return
             now = time.monotonic()
@@ -850,8 +862,8 @@ class LiveSource:
                 return False
             conn.abort_reason = reason
             conn.aborted_at = time.monotonic()
-            if _INTERRUPTER is not None and conn.ident is not None:
-                _INTERRUPTER.abort(conn.ident)
+            if self._interrupter is not None and conn.ident is not None:
+                self._interrupter.abort(conn.ident)
         if reason != "closed":
             log.warning("%s [%s]: %s; aborting the connection", redact(self.source), self.stream_id, reason)
         return True
@@ -902,7 +914,9 @@ class LiveSource:
                         conn.id, conn.started_wall, next(self._index), raw, vframe, arrival, frame_seconds
                     )
                     self.stats.frames_dropped += self._handoff.put_frame(item)
-                conn.ended_cleanly = True
+                # An aborted read can also end the loop quietly (the demuxer gives up after repeated
+                # interrupted reads), which is not the source ending.
+                conn.ended_cleanly = conn.abort_reason is None
             except DecodeError as error:
                 conn.error = error
             finally:
@@ -914,10 +928,9 @@ class LiveSource:
             with conn.lock:
                 conn.finished = True
                 conn.phase = "done"
-                if _INTERRUPTER is not None:
-                    _INTERRUPTER.clear(threading.get_ident())
+                if self._interrupter is not None:
+                    self._interrupter.clear(threading.get_ident())
             conn.done.set()
-            self._wake.set()
 
 
 def _with_attempts(reason: str, attempts: int) -> str:

@@ -1,9 +1,17 @@
 """Job and stream identifiers.
 
-Ids end up in directory names (`OUT/<table>/<stream_id>/`) and in Redis key names
-(`sanstream:job:<job_id>:stream:<stream_id>`), so one rule keeps both safe: a short run of
-`[A-Za-z0-9._-]`, never `.` or `..`. With no `/`, `:` or `=` an id can neither escape the output
-directory, nor collide with a key separator, nor be mistaken for a hive `key=value` partition.
+Stream ids end up in hive partition directory names (`OUT/<table>/stream_id=<id>/`) and ids of both
+kinds in Redis key names (`sanstream:job:<job_id>:stream:<stream_id>`), so one rule keeps both safe: a
+short run of `[A-Za-z0-9._-]` that does not start with `.` or `_`, and is not a reserved partition value.
+
+* No `/`, `\\`, `:` or `=`: an id can neither escape the output directory, nor collide with a key
+  separator, nor be mistaken for (or nest) a hive `key=value` partition.
+* Not `__HIVE_DEFAULT_PARTITION__`: Hive-style readers (pyarrow, DuckDB and Polars alike) read that
+  partition value back as NULL, so the stream's rows would silently lose their `stream_id`.
+* No leading `.` or `_` (which also rules out `.`, `..` and the `__...__` family of reserved values):
+  used as a bare file or directory name, as exports and per-stream files do, such a name is hidden (`.`)
+  or skipped as metadata (`_`, like `_SUCCESS`) by Hadoop-style readers and pyarrow's dataset
+  discovery. Ids derived from file names (`stream_id_from_name`) never start with either.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 MAX_ID_LENGTH = 128
+#: Partition values that hive-partitioned readers decode as NULL rather than as the string.
+RESERVED_IDS = frozenset({"__HIVE_DEFAULT_PARTITION__"})
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _BAD_RUN_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -33,6 +43,10 @@ def id_problem(value: object) -> str | None:
         return f"{value!r} contains characters outside [A-Za-z0-9._-]"
     if len(value) > MAX_ID_LENGTH:
         return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
+    if value in RESERVED_IDS:
+        return f"{value!r} is reserved (Parquet readers turn that partition value into NULL)"
+    if value[0] in "._":
+        return f"{value!r} starts with {value[0]!r}; ids must start with a letter, digit or '-'"
     return None
 
 

@@ -153,8 +153,17 @@ class JobSpec:
         raise KeyError(f"no stream {stream_id!r} in job spec; streams: {[s.id for s in self.streams]}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable form, as stored with the job's state."""
-        return dataclasses.asdict(self)
+        """Plain JSON-serialisable form, as stored with the job's state. Unset (None) fields are left out,
+        so `parse_job_spec(spec.to_dict())` gives the same spec back (a resumed job re-reads it)."""
+        return _without_none(dataclasses.asdict(self))
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def _parse_model(c: Checker, value: Any, path: str) -> ModelSpec:

@@ -8,9 +8,12 @@ the suite tries the same points; `KILL_POINTS` below records how many.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,10 +23,11 @@ import duckdb
 import psutil
 import pytest
 import ray
+import yaml
 
 from actors.decoder import DecoderSettings, actor_name
 from actors.job import JobOutcome, run_job
-from pipeline.jobs.redis_server import EmbeddedRedis
+from pipeline.jobs.redis_server import EmbeddedRedis, resolve_redis
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.state import JobStore
 from pipeline.sample_video import write_sample_video
@@ -190,3 +194,69 @@ def test_output_after_a_fault_equals_the_undisturbed_run(
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after killing the {kind}"
     if kind in ("writer", "replica"):
         assert outcome.streams["alpha"].recoveries >= 1 or outcome.streams["beta"].recoveries >= 1
+
+
+DRIVER_KILL_POINTS = sorted(RNG.sample(range(3, 30), 2))
+
+
+def sanstream(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def crash(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the driver and everything it started (its local Ray), like a machine losing power; the
+    job-state Redis runs in its own session and survives, as it would on its own host."""
+    root = psutil.Process(process.pid)
+    family = [root, *root.children(recursive=True)]
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "redis-server" not in " ".join(member.cmdline()):
+                member.kill()
+    process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("point", "how"), list(zip(DRIVER_KILL_POINTS, ["resume", "run-again"], strict=True))
+)
+def test_killed_driver_is_resumed_exactly_once(
+    point: int, how: str, reference: dict[str, list[tuple]], fault_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    job_id = f"driver-{how}-{point}"
+    data = spec_for(tmp_path, job_id, fault_videos).to_dict()
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(data))
+    driver = sanstream("run", "--config", str(config), "--no-progress")
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "redis" / "connection.json").exists():
+        assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    url, handle = resolve_redis(tmp_path)  # attaches to the job's own server without owning it
+    store = JobStore.from_url(url)
+    while not store.list_jobs() or store.stream_counter(job_id, "alpha", "analysed") < point:
+        assert driver.poll() is None, (
+            f"driver ended before kill point {point}: {driver.stdout.read() if driver.stdout else ''}"
+        )
+        assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.05)
+    crash(driver)
+    assert store.status(job_id) == "running"
+    assert store.committed_frames(job_id, "alpha") < SAMPLED["alpha"] - 1
+    again = (
+        sanstream("resume", job_id, "--out", str(tmp_path), "--no-progress")
+        if how == "resume"
+        else sanstream("run", "--config", str(config), "--no-progress")
+    )
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert store.status(job_id) == "completed"
+    for table in COMPARED:
+        assert table_rows(tmp_path, table) == reference[table], f"{table} differs after resuming ({how})"
+    if handle is not None:
+        handle.stop()

@@ -31,6 +31,7 @@ from pipeline.decode import (
     Sampler,
     SourceOptions,
     decode_frames,
+    probe,
 )
 
 FFMPEG = shutil.which("ffmpeg")
@@ -68,6 +69,7 @@ def write_video(
     fmt: str | None = None,
     container_options: dict[str, str] | None = None,
     stream_options: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Encode `n` frames with PyAV (as conftest's make_video, but any size and output format)."""
     try:
@@ -77,6 +79,7 @@ def write_video(
     width, height = size
     rng = np.random.default_rng(0) if noise else None
     with av.open(str(path), "w", format=fmt, options=container_options) as out:
+        out.metadata.update(metadata or {})
         stream: Any = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.thread_count = 1  # deterministic output, so the byte offsets below are too
@@ -300,6 +303,20 @@ def garbage_middle(codec: str, ext: str) -> Callable[[Corpus], bytes]:
     return lambda c: overwrite_middle(c.noisy(ext, codec, stream_options=opts))
 
 
+def latin1_title(c: Corpus) -> bytes:
+    """A Matroska title in Latin-1, not UTF-8 (as old taggers write it). PyAV writes only UTF-8, so an
+    ASCII title of the same length is patched; MKV stores strings raw, so the file stays valid."""
+    data = c.source("titled.mkv", lambda p: write_video(p, n=12, metadata={"title": "cafe-holiday"}))
+    assert data.count(b"cafe-holiday") == 1
+    return data.replace(b"cafe-holiday", b"caf\xe9-holiday")
+
+
+def unknown_fourcc(c: Corpus) -> bytes:
+    """An AVI whose codec FourCC is damaged: FFmpeg finds the video stream but no decoder for it."""
+    data = c.source("mjpeg.avi", lambda p: write_video(p, "mjpeg", n=12, pix_fmt="yuvj420p"))
+    return data.replace(b"MJPG", b"ZZZZ")
+
+
 NOT_A_VIDEO = Raises(NotAVideo, "not a readable video")
 AUDIO_ONLY = Raises(NotAVideo, "no video stream; it contains audio")
 ALL_30 = Frames(indices=list(range(30)))
@@ -347,6 +364,13 @@ def _cases() -> list[Case]:
             "ts.mp4",
             lambda c, p: write_video(p, n=12, fmt="mpegts"),
             Frames(indices=list(range(12))),
+        ),
+        # Damaged headers that FFmpeg still parses: they must not surface as a PyAV/Python exception.
+        Case(
+            "mkv-latin1-title-tag", "latin1.mkv", from_source(latin1_title), Frames(indices=list(range(12)))
+        ),
+        Case(
+            "avi-unknown-fourcc", "fourcc.avi", from_source(unknown_fourcc), Raises(NotAVideo, "no decoder")
         ),
         # A plain MP4 keeps its index (moov) last: without it nothing is readable ...
         Case("mp4-cut-before-moov", "upload.mp4", from_source(lambda c: cut(plain_mp4(c), 0.5)), NOT_A_VIDEO),
@@ -575,6 +599,8 @@ def test_corpus(corpus: Corpus, case: Case) -> None:
             decode(path, Sampler(every=1))
         assert type(info.value) is expect.error, f"{type(info.value).__name__}: {info.value}"
         assert str(path) in str(info.value) and expect.fragment in str(info.value)
+        with pytest.raises(expect.error):  # the up-front job check fails the same way
+            probe(path, OPTIONS)
         return
     frames, stats = decode(path, expect.sampler)
     check_frames(frames, stats, expect.shape)
@@ -591,3 +617,5 @@ def test_corpus(corpus: Corpus, case: Case) -> None:
         assert pts == pytest.approx(expect.pts, abs=1e-3)
     for counter, value in (expect.stats or {}).items():
         assert getattr(stats, counter) == value, stats
+    info = probe(path, OPTIONS)  # what a job sees up front agrees with what the decoder yields
+    assert (info.height, info.width) == expect.shape

@@ -94,10 +94,11 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Mutation:
     """One edit at `at` (taken modulo the current length, so every value lands inside the file)."""
 
-    kind: str  # flip | insert | delete | overwrite | truncate
+    kind: str  # flip | insert | delete | overwrite | copy | truncate
     at: int
     data: bytes = b""  # inserted/overwritten bytes, or for flip the XOR masks
-    length: int = 0  # bytes deleted
+    length: int = 0  # bytes deleted, or copied from `source`
+    source: int = 0  # where `copy` takes its bytes from (modulo the length)
 
     def apply(self, buf: bytearray) -> bytearray:
         if not buf:
@@ -112,28 +113,38 @@ class Mutation:
             del buf[at : at + self.length]
         elif self.kind == "overwrite":
             buf[at : at + len(self.data)] = self.data
+        elif self.kind == "copy":  # valid-looking data in the wrong place: packets, headers, timestamps
+            start = self.source % len(buf)
+            buf[at:at] = buf[start : start + self.length]
         elif self.kind == "truncate":
             del buf[at:]
         return buf
 
 
-offsets = st.integers(min_value=0, max_value=1 << 20)
-# Runs of structure-looking bytes as well as noise: zeros, 0xff, MPEG-TS sync bytes, start codes, box names.
+# Headers are where damage does the most, so half the offsets fall in the first KiB.
+offsets = st.one_of(st.integers(min_value=0, max_value=1024), st.integers(min_value=0, max_value=1 << 20))
+# Runs of structure-looking bytes as well as noise: zeros, 0xff, sizes and counts at their extremes,
+# MPEG-TS sync bytes, start codes, box names.
 byte_runs = st.one_of(
     st.binary(min_size=1, max_size=64),
     st.sampled_from(
         [b"\x00" * 16, b"\xff" * 16, b"\x47" * 4, b"\x00\x00\x00\x01", b"\x00\x00\x01\xb3", b"moov"]
     ),
+    st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]).flatmap(
+        lambda n: st.sampled_from([n.to_bytes(4, "big"), n.to_bytes(4, "little"), n.to_bytes(8, "big")])
+    ),
     st.integers(min_value=1, max_value=4096).map(lambda n: bytes(n)),
 )
+lengths = st.integers(min_value=1, max_value=2048)
 mutations = st.one_of(
     st.builds(Mutation, st.just("flip"), offsets, st.binary(min_size=1, max_size=8)),
     st.builds(Mutation, st.just("insert"), offsets, byte_runs),
-    st.builds(Mutation, st.just("delete"), offsets, length=st.integers(min_value=1, max_value=2048)),
+    st.builds(Mutation, st.just("delete"), offsets, length=lengths),
     st.builds(Mutation, st.just("overwrite"), offsets, byte_runs),
+    st.builds(Mutation, st.just("copy"), offsets, length=lengths, source=offsets),
     st.builds(Mutation, st.just("truncate"), offsets),
 )
-damage = st.lists(mutations, min_size=1, max_size=4)
+damage = st.lists(mutations, min_size=1, max_size=6)
 
 
 def mutated(seeds: Seeds, name: str, edits: list[Mutation]) -> bytes:

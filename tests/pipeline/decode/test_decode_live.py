@@ -700,6 +700,45 @@ def test_stream_that_sends_bytes_but_no_frames_is_aborted_by_the_watchdog(
     assert [f for f in frames if f.wall_time > gap.end_wall]
 
 
+@pytest.mark.timeout(30)
+def test_slow_consumer_loses_oldest_frames_not_the_connection(http_servers: Servers, ts_file: TsFile) -> None:
+    # A consumer that takes 0.6 s per frame on a 10 fps stream: the reader must keep draining the socket
+    # (dropping the oldest waiting frames, which keep their indexes) and the watchdog must not mistake
+    # the consumer's slowness for a stall.
+    server = LiveTsServer(ts_file)
+    http_servers.append(server)
+    server.start()
+    source = LiveSource(
+        server.url,
+        "cam",
+        Sampler(every=1),
+        options=FAST,
+        stall_timeout=0.5,
+        buffer_frames=2,
+    )
+
+    def slow(frames: list[Frame]) -> bool:
+        time.sleep(0.6)
+        return len(frames) >= 5
+
+    frames = consume(source, slow, timeout=20)
+    assert len(frames) == 5
+    assert source.stats.frames_dropped > 5
+    assert source.stats.stalls == 0 and source.stats.attempts == 1 and list(source.gaps) == []
+    indexes = [f.frame_index for f in frames]
+    assert indexes[-1] - indexes[0] > len(frames)  # dropped frames still took their place in the count
+
+
+def test_stop_event_set_before_starting_ends_iteration_at_once() -> None:
+    stop = threading.Event()
+    stop.set()
+    source = LiveSource(f"rtsp://127.0.0.1:{free_port()}/cam", "cam", stop=stop)
+    started = time.monotonic()
+    assert list(source) == []
+    assert time.monotonic() - started < 0.5
+    assert source.stats.attempts == 0
+
+
 # ------------------------------------------------------------------------------------------------------
 # Servers that accept but never deliver
 # ------------------------------------------------------------------------------------------------------

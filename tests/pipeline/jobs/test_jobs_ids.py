@@ -43,8 +43,37 @@ def test_unique_stream_ids_deduplicate_case_insensitively():
     ]
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", "a:b", "a=b", "x" * 129, 5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "a\\b",
+        "a:b",
+        "a=b",
+        "x" * 129,
+        5,
+        "__HIVE_DEFAULT_PARTITION__",  # hive readers turn this partition value into NULL
+        "_cam",
+        ".cam",
+        "__cam__",
+    ],
+)
 def test_bad_ids(bad):
     assert id_problem(bad) is not None
     with pytest.raises(ValueError, match="stream_id"):
         check_id(bad, "stream_id")
+
+
+def test_reserved_and_hidden_ids_say_why():
+    assert "NULL" in id_problem("__HIVE_DEFAULT_PARTITION__")
+    assert "starts with '_'" in id_problem("_cam")
+    assert "starts with '.'" in id_problem(".cam")
+    assert "reserved" in id_problem("..")
+
+
+@pytest.mark.parametrize("good", ["cam", "cam_1", "cam.1", "-cam", "0", "HIVE_DEFAULT_PARTITION", "x" * 128])
+def test_good_ids(good):
+    assert id_problem(good) is None

@@ -206,3 +206,30 @@ def test_symlinked_paths_are_kept_as_written(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     spec = parse_job_spec(spec_with("output", "link/out"), base_dir=tmp_path)
     assert spec.output == str(tmp_path / "link" / "out")
+
+
+def test_to_dict_round_trips_through_the_parser() -> None:
+    """A resumed job re-reads its spec from the job store, so the stored form must parse to the same spec."""
+    from pipeline.jobs.spec import parse_job_spec
+
+    spec = parse_job_spec(
+        {
+            "output": "/tmp/out",
+            "streams": [
+                {
+                    "id": "a",
+                    "source": "/tmp/a.mp4",
+                    "vocabulary": ["x", "car, automobile"],
+                    "sampling": {"every": 2},
+                },
+                {
+                    "id": "b",
+                    "source": "rtsp://127.0.0.1/cam",
+                    "vocabulary": "p,q",
+                    "failure_policy": {"retries": 3},
+                },
+            ],
+            "serve": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}},
+        }
+    )
+    assert parse_job_spec(spec.to_dict()) == spec
