@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 from pipeline.decode import probe
@@ -15,17 +16,29 @@ from pipeline.san.weights import RANDOM, WeightsNotAvailableError, resolve_relea
 from pipeline.storage.writer import OutputDirError
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Create the output directory if needed and make sure we can write in it."""
+def check_output_dir(out_dir: Path, min_free_bytes: int | None = None) -> None:
+    """Create the output directory if needed and make sure we can write in it, with room to spare: a job
+    that would fill the disk is refused up front rather than failing half-way."""
+    if min_free_bytes is None:
+        min_free_bytes = int(float(os.environ.get("SANSTREAM_MIN_FREE_MB", "64")) * 2**20)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputDirError(
-            f"cannot create output directory {out_dir}: {error.strerror}; choose another --out"
+            out_dir, f"cannot create output directory {out_dir}: {error.strerror}; choose another --out"
         ) from error
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputDirError(
-            f"output directory {out_dir} is not writable; fix its permissions or choose another --out"
+            out_dir,
+            f"output directory {out_dir} is not writable; fix its permissions or choose another --out",
+        )
+    free = shutil.disk_usage(out_dir).free
+    if free < min_free_bytes:
+        raise OutputDirError(
+            out_dir,
+            f"output directory {out_dir} has only {free / 2**20:.1f} MiB free (at least "
+            f"{min_free_bytes / 2**20:.0f} MiB needed for job state and Parquet parts); free some space or "
+            "choose another --out (SANSTREAM_MIN_FREE_MB sets the threshold)",
         )
 
 

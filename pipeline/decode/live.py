@@ -660,13 +660,7 @@ class LiveSource:
         when closed) is reported before returning.
         """
         self._stop.set()
-        pending = self._handoff.cancel()
-        # A connection that ended just now may not have reached the iterating thread yet; its outage
-        # must still be reported.
-        with self._state_lock:
-            for item in pending:
-                if isinstance(item, _Ended) and not self._finished:
-                    self._on_ended(item)
+        self._cancel_handoff()
         conn = self._conn
         if conn is not None:
             self._abort(conn, "closed")
@@ -725,6 +719,16 @@ class LiveSource:
         else:
             start = self._started_wall if self._started_wall is not None else item.started_wall
             self._outage = _Outage(None, start, item.reason, 1)
+
+    def _cancel_handoff(self) -> None:
+        """Wake the iterating thread for good, dropping waiting frames but not a connection's end: one
+        that ended just before a close may not have reached the iterating thread, and its outage must
+        still be reported."""
+        pending = self._handoff.cancel()
+        with self._state_lock:
+            for item in pending:
+                if isinstance(item, _Ended) and not self._finished:
+                    self._on_ended(item)
 
     def _finish(self, why: str) -> None:
         with self._state_lock:
@@ -822,7 +826,7 @@ class LiveSource:
             self._handoff.close()
         finally:
             if self._stop.is_set():
-                self._handoff.cancel()
+                self._cancel_handoff()
 
     def _watch(self, conn: _Connection) -> None:
         """Wait for the reader of `conn` to finish, aborting it on stall, on close, or past its open

@@ -32,9 +32,10 @@ class Checker:
             return None
         for key in value:
             if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                name = key if isinstance(key, str) else show(key)
+                hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
                 tip = f"did you mean {hint[0]!r}?" if hint else f"allowed keys: {', '.join(allowed)}"
-                self.error(join_path(path, str(key)), f"unknown key {key!r}; {tip}")
+                self.error(join_path(path, name), f"unknown key {show(key)}; {tip}")
         return dict(value)
 
     def string(self, value: Any, path: str) -> str | None:
@@ -57,7 +58,7 @@ class Checker:
             self.error(path, f"must be an integer, got {describe(value)}")
             return None
         if value < minimum:
-            self.error(path, f"must be >= {minimum}, got {value}")
+            self.error(path, f"must be >= {minimum}, got {show(value)}")
             return None
         return value
 
@@ -65,19 +66,41 @@ class Checker:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.error(path, f"must be a number, got {describe(value)}")
             return None
-        if not math.isfinite(value) or value < lower or (value == lower and not inclusive):
-            self.error(path, f"must be {'>=' if inclusive else '>'} {lower:g}, got {value}")
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range, which YAML happily produces from digits
+            self.error(path, f"must be a finite number, got {show(value)}")
             return None
-        return float(value)
+        if not math.isfinite(number) or number < lower or (number == lower and not inclusive):
+            self.error(path, f"must be {'>=' if inclusive else '>'} {lower:g}, got {show(value)}")
+            return None
+        return number
 
-    def local_path(self, text: str) -> str:
-        """Absolute form of a path relative to the spec's directory; symlinks are kept as the user wrote them."""
-        path = Path(text).expanduser()
-        return os.path.abspath(path if path.is_absolute() else self.base_dir / path)
+    def local_path(self, text: str, path: str = "") -> str:
+        """Absolute form of a path relative to the spec's directory; symlinks are kept as the user wrote them.
+
+        Records a problem under `path` (and returns "") when `~user` names no user on this machine.
+        """
+        try:
+            expanded = Path(text).expanduser()
+        except RuntimeError:  # pathlib's "Could not determine home directory"
+            self.error(path, f"cannot expand {text.split('/', 1)[0]!r}: no such user's home directory here")
+            return ""
+        return os.path.abspath(expanded if expanded.is_absolute() else self.base_dir / expanded)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters, for messages; never raises, even for an int too long for
+    Python to print (over 4300 digits, which YAML reads from a long run of digits)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{value.bit_length()}-bit integer>" if isinstance(value, int) else "<unprintable>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    return "nothing" if value is None else f"{type(value).__name__} {show(value, 80)}"[:80]
 
 
 def join_path(path: str, key: str) -> str:

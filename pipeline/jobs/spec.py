@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from pipeline.jobs.checks import Checker, describe, join_path
+from pipeline.jobs.checks import Checker, describe, join_path, show
 from pipeline.jobs.ids import id_problem, unique_stream_ids
 
 MAX_CLASSES = 1000
@@ -180,7 +180,7 @@ def _parse_model(c: Checker, value: Any, path: str) -> ModelSpec:
     weights = ""
     if "weights" in raw and (text := c.string(raw["weights"], join_path(path, "weights"))) is not None:
         looks_like_path = "/" in text or text.startswith(("~", ".")) or text.endswith(_WEIGHT_SUFFIXES)
-        weights = c.local_path(text) if looks_like_path and text != name else text
+        weights = c.local_path(text, join_path(path, "weights")) if looks_like_path and text != name else text
     device = str(raw.get("device", "auto"))
     if not DEVICES_RE.fullmatch(device):
         c.error(join_path(path, "device"), f"must be auto, cpu, cuda or cuda:N, got {device!r}")
@@ -200,14 +200,18 @@ def _parse_source(c: Checker, value: Any, path: str) -> tuple[str, str | None]:
         return "", None
     match = _SCHEME_RE.match(text)
     if match is None:
-        return c.local_path(text), None
+        return c.local_path(text, path), None
     scheme = match.group(1).lower()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: "rtsp://[::1/live"
+        c.error(path, f"{text!r} is not a valid URL ({exc})")
+        return "", None
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             c.error(path, f"file URL {text!r} must be file:///absolute/path")
             return "", None
-        return c.local_path(unquote(parts.path)), None
+        return c.local_path(unquote(parts.path), path), None
     if scheme not in URL_SCHEMES:
         c.error(
             path,
@@ -229,7 +233,7 @@ def _parse_vocabulary(c: Checker, value: Any, path: str) -> list[str]:
     else:
         c.error(path, f"must be a list of class names or a comma-separated string, got {describe(value)}")
         return []
-    if not entries or (len(entries) == 1 and not str(entries[0][0]).strip()):
+    if not entries or (len(entries) == 1 and _blank(entries[0])):
         c.error(path, "must list at least one class")
         return []
     if len(entries) > MAX_CLASSES:
@@ -243,7 +247,7 @@ def _parse_vocabulary(c: Checker, value: Any, path: str) -> list[str]:
             c.error(item_path, f"must be a string, got {describe(names)}")
             continue
         cleaned = [n.strip() for n in names]
-        if not all(cleaned):
+        if not cleaned or not all(cleaned):  # `[]` as an entry names no class at all
             c.error(item_path, "class names must be non-empty (check for stray or doubled commas)")
             continue
         for name in cleaned:
@@ -253,6 +257,12 @@ def _parse_vocabulary(c: Checker, value: Any, path: str) -> list[str]:
             seen.setdefault(key, i)
         vocabulary.append(", ".join(cleaned))
     return vocabulary
+
+
+def _blank(names: Any) -> bool:
+    """Whether a vocabulary entry names nothing: `""`, `" "` or `[]`. Anything else, including entries
+    that are not strings (reported per item), counts as an attempt at a class."""
+    return isinstance(names, list) and all(isinstance(n, str) and not n.strip() for n in names)
 
 
 def _parse_sampling(c: Checker, value: Any, path: str) -> SamplingSpec:
@@ -361,7 +371,7 @@ def _parse_serve(c: Checker, value: Any) -> ServeSpec:
                     autoscaling[key] = parsed
         low, high = autoscaling.get("min_replicas"), autoscaling.get("max_replicas")
         if low is not None and high is not None and low > high:
-            c.error("serve.autoscaling", f"min_replicas ({low}) is above max_replicas ({high})")
+            c.error("serve.autoscaling", f"min_replicas ({show(low)}) is above max_replicas ({show(high)})")
         if isinstance(raw.get("num_replicas"), int) and not isinstance(raw.get("num_replicas"), bool):
             c.error(
                 "serve.autoscaling",
@@ -407,7 +417,7 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
         if "://" in text:
             c.error("output", f"must be a directory path, got URL {text!r}")
         else:
-            output = c.local_path(text)
+            output = c.local_path(text, "output")
     streams = _parse_streams(c, raw.get("streams"))
     serve = _parse_serve(c, raw.get("serve"))
     store_labels = False
@@ -425,8 +435,12 @@ def load_job_spec(path: str | Path) -> JobSpec:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobSpecError([("", f"cannot read job spec {file}: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise JobSpecError([("", f"job spec {file} is not UTF-8 text: {exc}")]) from exc
+    # PyYAML raises ValueError, not YAMLError, for scalars it matches but cannot build (`2024-02-30`,
+    # `!!float abc`), and RecursionError for very deep nesting; all are the spec's fault, not ours.
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise JobSpecError([("", f"not valid YAML: {exc}")], str(file)) from exc
     return parse_job_spec(data, base_dir=file.absolute().parent, source=str(file))
