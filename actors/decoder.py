@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -36,7 +37,15 @@ from ray.exceptions import (
 from ray.serve.exceptions import RayServeException
 
 from actors.writer import WriterRestarted
-from pipeline.decode import DecodeError, Sampler, SourceOptions, VideoDecoder
+from pipeline.decode import (
+    DecodeError,
+    Gap,
+    LiveSource,
+    ReconnectPolicy,
+    Sampler,
+    SourceOptions,
+    VideoDecoder,
+)
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
 from pipeline.jobs.spec import StreamSpec
@@ -68,6 +77,8 @@ class DecoderSettings:
         open_timeout_s, read_timeout_s: network source timeouts.
         poll_s: how often cancellation is checked and heartbeats are written.
         max_recoveries: attempts restarted after a writer or replica failure before the stream fails.
+        live_max_attempts: reconnection attempts in a row without a frame before a live stream fails
+            (None: keep trying until cancelled).
     """
 
     max_in_flight: int = 16
@@ -77,6 +88,7 @@ class DecoderSettings:
     read_timeout_s: float = 10.0
     poll_s: float = 0.5
     max_recoveries: int = 20
+    live_max_attempts: int | None = None
 
 
 @dataclass
@@ -180,10 +192,14 @@ class StreamDecoder:
         failure: list[BaseException],
         counts: dict[str, int],
         stop: threading.Event,
+        gaps: list[Gap],
     ) -> None:
         options = SourceOptions(
             open_timeout=self.settings.open_timeout_s, read_timeout=self.settings.read_timeout_s
         )
+        if self.stream.live:
+            self._produce_live(frames, start, failure, counts, stop, gaps, options)
+            return
         try:
             with VideoDecoder(
                 self.stream.source,
@@ -198,6 +214,42 @@ class StreamDecoder:
                         break
                     frames.put(frame)
                 counts["decoded"] = decoder.stats.frames_decoded
+        except QueueClosed:
+            pass
+        except BaseException as error:  # reported by the consumer, which owns the stream's state
+            failure.append(error)
+        finally:
+            frames.close()
+
+    def _produce_live(
+        self,
+        frames: FrameQueue[Frame],
+        start: int,
+        failure: list[BaseException],
+        counts: dict[str, int],
+        stop: threading.Event,
+        gaps: list[Gap],
+        options: SourceOptions,
+    ) -> None:
+        """A live source reconnects on its own (capped back-off, stall watchdog) and reports outages as
+        gaps. Its frame indices count frames as received, continued here from the committed position."""
+        policy = ReconnectPolicy(max_attempts=self.settings.live_max_attempts)
+        try:
+            with LiveSource(
+                self.stream.source,
+                self.stream.id,
+                sampler_for(self.stream),
+                options=options,
+                reconnect=policy,
+                stall_timeout=self.settings.read_timeout_s,
+                on_gap=gaps.append,
+                stop=stop,
+            ) as source:
+                for frame in source:
+                    counts["decoded"] = start + source.stats.frames_decoded
+                    if stop.is_set():
+                        break
+                    frames.put(dataclasses.replace(frame, frame_index=frame.frame_index + start))
         except QueueClosed:
             pass
         except BaseException as error:  # reported by the consumer, which owns the stream's state
@@ -227,8 +279,9 @@ class StreamDecoder:
             "analysed": 0,
             "dropped": 0,
         }
+        gaps: list[Gap] = []
         producer = threading.Thread(
-            target=self._produce, args=(frames, start, failure, counts, stop), daemon=True
+            target=self._produce, args=(frames, start, failure, counts, stop, gaps), daemon=True
         )
         producer.start()
         in_flight: collections.deque[tuple[Frame, Any]] = collections.deque()
@@ -272,7 +325,12 @@ class StreamDecoder:
                 if len(answered) >= self.settings.flush_frames:
                     await self._call(self.writer.append.remote(answered, wall_times, epoch))
                     answered, wall_times = [], []
+                if gaps:
+                    recorded, gaps[:] = list(gaps), []
+                    await self._call(self.writer.add_gaps.remote([g.row(job) for g in recorded], epoch))
             producer.join(timeout=5)
+            if gaps:
+                await self._call(self.writer.add_gaps.remote([g.row(job) for g in gaps], epoch))
             await self._call(self.writer.append.remote(answered, wall_times, epoch))
             await self._call(self.writer.close.remote(epoch))
         finally:

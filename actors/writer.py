@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline.frames import FrameAreas
 from pipeline.jobs.state import JobStore
-from pipeline.storage.rows import class_area_table, frame_rows, vocabulary_rows
+from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
 from pipeline.storage.writer import PartWriter, remove_unrecorded_parts
 
 DEFAULT_COMMIT_INTERVAL_S = 10.0
@@ -111,6 +111,13 @@ class StreamWriter:
         if time.monotonic() - self.last_commit >= self.commit_interval_s:
             return self.flush()
         return 0
+
+    def add_gaps(self, rows: list[dict[str, object]], epoch: int) -> None:
+        """Record outages of a live source; they are rare and small, so each batch is committed at once."""
+        if epoch != self.epoch:
+            raise WriterRestarted(f"writer of {self.stream_id} is at epoch {self.epoch}, caller at {epoch}")
+        with PartWriter(self.out_dir, "gaps", self.stream_id, epoch=self.epoch) as writer:
+            writer.append(records_table("gaps", rows))
 
     def _write_labels(self, item: FrameAreas) -> None:
         folder = self.out_dir / "labels" / f"stream_id={self.stream_id}"

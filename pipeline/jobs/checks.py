@@ -79,19 +79,25 @@ class Checker:
     def local_path(self, text: str, path: str = "") -> str:
         """Absolute form of a path relative to the spec's directory; symlinks are kept as the user wrote them.
 
-        Records a problem under `path` (and returns "") when `~user` names no user on this machine.
+        Records a problem under `path` (and returns "") for control characters (a NUL cannot be in a path
+        at all) and for a `~user` that names no user on this machine.
         """
+        if any(ord(ch) < 0x20 or ch == "\x7f" for ch in text):
+            self.error(path, f"{show(text)} contains control characters")
+            return ""
         try:
             expanded = Path(text).expanduser()
-        except RuntimeError:  # pathlib's "Could not determine home directory"
-            self.error(path, f"cannot expand {text.split('/', 1)[0]!r}: no such user's home directory here")
+        except (RuntimeError, ValueError):  # no such user; or a name pwd cannot look up (surrogates)
+            self.error(
+                path, f"cannot expand {show(text.split('/', 1)[0])}: no such user's home directory here"
+            )
             return ""
         return os.path.abspath(expanded if expanded.is_absolute() else self.base_dir / expanded)
 
 
 def show(value: Any, limit: int = 60) -> str:
-    """repr(value) cut to `limit` characters, for messages; never raises, even for an int too long for
-    Python to print (over 4300 digits, which YAML reads from a long run of digits)."""
+    """repr(value) cut to `limit` characters, for messages. Never raises: an int of over 4300 digits is
+    too long for Python to print (ValueError), and a deeply nested value too deep to repr."""
     try:
         text = repr(value)
     except (ValueError, RecursionError):

@@ -2,8 +2,9 @@
 
 Every file is generated here (PyAV, the ffmpeg CLI, and byte-level damage to valid files), so no media is
 checked in. For each case the decoder must either yield well-formed frames (uint8 RGB H x W x 3, strictly
-increasing frame_index, finite and, within a run of the timeline, sensible PTS) or raise the expected
-`DecodeError` subclass with a message that names the file. Any other exception type, or a hang, is a bug.
+increasing frame_index, finite PTS that never decrease unless the file's own timeline jumps back) or raise
+the expected `DecodeError` subclass with a message that names the file, and `probe` must agree. Any other
+exception type, or a hang (each case has a 60 s limit), is a bug.
 
 Files are built lazily (only the cases selected with `-k` are made) into one session-wide directory, and
 sources shared by several cases (the clip that is cut at 10%, 50% and 90%) are made once.
@@ -36,6 +37,8 @@ from pipeline.decode import (
 
 FFMPEG = shutil.which("ffmpeg")
 W, H = 64, 48
+# Two decoder threads: frame threading as in production (threads=0 is one per core), but the same
+# outcome on every machine, since how many frames a damaged tail costs depends on the thread count.
 OPTIONS = SourceOptions(open_timeout=5, read_timeout=5, threads=2)
 
 

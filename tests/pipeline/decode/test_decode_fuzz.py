@@ -1,7 +1,8 @@
 """Byte-level fuzzing of the decoder: damaged files may cost frames, never the worker.
 
-Small valid files in several containers are mutated (bits flipped, byte runs inserted, deleted or
-overwritten, the file truncated) at offsets Hypothesis chooses, and decoded. Whatever the damage, only a
+Small valid files in six container/codec pairs are mutated (bits flipped, byte runs inserted, deleted,
+overwritten or copied from elsewhere in the file, the file truncated) at offsets Hypothesis chooses, half
+of them in the first KiB where the headers are, and decoded. Whatever the damage, only a
 `DecodeError` may escape, and every frame that comes out must be well formed. Runs are derandomized and
 bounded (examples and per-example deadline), so CI sees the same inputs every time.
 """
@@ -9,6 +10,7 @@ bounded (examples and per-example deadline), so CI sees the same inputs every ti
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,7 +39,7 @@ SEEDS = [
 FRAMES, WIDTH, HEIGHT = 8, 32, 24
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=1200,
     deadline=5000,  # ms; a decode that takes this long on an 8-frame file is as good as hung
     derandomize=True,
     database=None,
@@ -157,12 +159,12 @@ def mutated(seeds: Seeds, name: str, edits: list[Mutation]) -> bytes:
 # ------------------------------------------------------------------------------------------------- tests
 
 
-def decode_checked(path: Path, sampler: Sampler) -> DecodeStats:
+def decode_checked(path: Path, sampler: Sampler, options: SourceOptions = OPTIONS) -> DecodeStats:
     """Decode `path`, checking each frame as it comes (not keeping images: a damaged header may claim
     a huge frame size) and returning the stats; only DecodeError may escape."""
     stats = DecodeStats()
     last_index = -1
-    for frame in decode_frames(str(path), "fuzz", sampler, options=OPTIONS, stats=stats):
+    for frame in decode_frames(str(path), "fuzz", sampler, options=options, stats=stats):
         image = frame.image
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         assert image.shape[0] > 0 and image.shape[1] > 0
@@ -180,6 +182,7 @@ def decode_checked(path: Path, sampler: Sampler) -> DecodeStats:
 def test_mutated_files_decode_or_raise_decode_error(
     seeds: Seeds, scratch: Path, name: str, edits: list[Mutation]
 ) -> None:
+    """Every frame the decoder can recover, or a DecodeError naming the file."""
     if name not in seeds:
         return
     path = scratch / name
@@ -191,24 +194,30 @@ def test_mutated_files_decode_or_raise_decode_error(
 
 
 @pytest.mark.timeout(120)
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=800)
 @given(
-    name=st.sampled_from([name for name, *_ in SEEDS]), edits=damage, fps=st.sampled_from([0.5, 7.0, 1000.0])
+    name=st.sampled_from([name for name, *_ in SEEDS]),
+    edits=damage,
+    fps=st.sampled_from([0.5, 7.0, 1000.0]),
+    threads=st.sampled_from([1, 2]),
 )
 def test_mutated_files_probe_and_sample_by_time(
-    seeds: Seeds, scratch: Path, name: str, edits: list[Mutation], fps: float
+    seeds: Seeds, scratch: Path, name: str, edits: list[Mutation], fps: float, threads: int
 ) -> None:
-    """The probe (used to validate jobs up front) and fps sampling (which trusts PTS) survive damage too."""
+    """The probe (used to validate jobs up front), fps sampling (which trusts PTS) and frame-threaded
+    decoding (the default, which reports a bad packet's error frames later) survive damage too."""
     if name not in seeds:
         return
     path = scratch / f"probe-{name}"
     path.write_bytes(mutated(seeds, name, edits))
+    options = dataclasses.replace(OPTIONS, threads=threads)
     try:
-        info = probe(path, OPTIONS)
+        info = probe(path, options)
     except DecodeError:
         pass
     else:
         assert info.width >= 0 and info.height >= 0
+        assert info.average_fps is None or math.isfinite(info.average_fps)
         assert info.duration_seconds is None or math.isfinite(info.duration_seconds)
     with contextlib.suppress(DecodeError):
-        decode_checked(path, Sampler(fps=fps))
+        decode_checked(path, Sampler(fps=fps), options)

@@ -236,3 +236,58 @@ def test_to_dict_round_trips_through_the_parser() -> None:
         }
     )
     assert parse_job_spec(spec.to_dict()) == spec
+
+
+# Inputs the fuzz tests (test_spec_fuzz.py) found crashing the parser with a non-JobSpecError; pinned here
+# so each stays a named, reported problem.
+@pytest.mark.parametrize(
+    ("path", "value", "field", "message"),
+    [
+        ("streams[0].vocabulary", [5], "streams[0].vocabulary[0]", "must be a string"),  # was TypeError
+        ("streams[0].vocabulary", [None], "streams[0].vocabulary[0]", "must be a string"),  # TypeError
+        ("streams[0].vocabulary", [{"a": 1}], "streams[0].vocabulary[0]", "must be a string"),  # KeyError
+        ("streams[0].vocabulary", [[]], "streams[0].vocabulary", "at least one class"),  # IndexError
+        ("streams[0].vocabulary", [[], []], "streams[0].vocabulary[0]", "non-empty"),  # accepted "" classes
+        ("streams[1].sampling.fps", 10**400, "streams[1].sampling.fps", "finite number"),  # OverflowError
+        ("serve.batch_wait_timeout_s", -(10**400), "serve.batch_wait_timeout_s", "finite number"),
+        ("output", "~no-such-user-xyz/out", "output", "cannot expand '~no-such-user-xyz'"),  # RuntimeError
+        ("model.weights", "~no-such-user-xyz/w.pt", "model.weights", "cannot expand"),  # RuntimeError
+        ("output", "~\x00", "output", "control characters"),  # ValueError: embedded null byte
+        ("streams[0].source", "rtsp://[::1/live", "streams[0].source", "not a valid URL"),  # ValueError
+        ("streams[0].source", "~no-such-user-xyz/a.mp4", "streams[0].source", "cannot expand"),
+    ],
+)
+def test_hostile_values_are_spec_errors(path, value, field, message):
+    text = error_of(spec_with(path, value))
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{field}:")), text)
+    assert line.strip().startswith(f"{field}:"), text
+    assert message in line, text
+
+
+def test_huge_int_key_is_reported_not_printed():
+    data = spec_with("streams[0].vocabulary", ["sky"])
+    data["streams"][0][10**5000] = 1  # str() of this int raises ValueError (over 4300 digits)
+    assert "unknown key <16610-bit integer>" in error_of(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "job_id: 2024-02-30\n",  # PyYAML: ValueError, day is out of range for month
+        "output: !!float abc\n",  # ValueError from float()
+        "output: " + "9" * 5000 + "\n",  # ValueError: int over 4300 digits
+        "output: " + "[" * 1000 + "]" * 1000 + "\n",  # RecursionError
+    ],
+)
+def test_yaml_that_cannot_be_constructed_is_a_spec_error(tmp_path, text):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    with pytest.raises(JobSpecError, match="not valid YAML"):
+        load_job_spec(spec)
+
+
+def test_spec_file_that_is_not_utf8_is_a_spec_error(tmp_path):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes(b"output: caf\xe9\n")
+    with pytest.raises(JobSpecError, match="not UTF-8"):
+        load_job_spec(spec)
