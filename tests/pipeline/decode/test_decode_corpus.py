@@ -440,7 +440,7 @@ def _cases() -> list[Case]:
             Frames(indices=list(range(4))),
         ),
         Case(
-            "h264rgb-rgb24",
+            "libx264rgb-gbrp",
             "rgb.mkv",
             lambda c, p: write_video(p, "libx264rgb", n=4, pix_fmt="rgb24"),
             Frames(indices=list(range(4))),
@@ -476,9 +476,9 @@ def _cases() -> list[Case]:
             Frames(indices=list(range(4))),
         ),
         Case(
-            "gif-pal8",
+            "gif-animated-bgra",
             "anim.gif",
-            lambda c, p: ffmpeg(*lavfi_video(4 / 30), p),
+            lambda c, p: ffmpeg(*lavfi_video(1), "-frames:v", "4", p),
             Frames(indices=list(range(4))),
         ),
         Case(
