@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,68 +195,55 @@ class StreamDecoder:
         stop: threading.Event,
         gaps: list[Gap],
     ) -> None:
-        options = SourceOptions(
-            open_timeout=self.settings.open_timeout_s, read_timeout=self.settings.read_timeout_s
-        )
-        if self.stream.live:
-            self._produce_live(frames, start, failure, counts, stop, gaps, options)
-            return
+        """Decoder thread: fill `frames` from the source; any error is handed to the consumer, which owns
+        the stream's state."""
         try:
-            with VideoDecoder(
-                self.stream.source,
-                self.stream.id,
-                sampler_for(self.stream),
-                start_frame_index=start,
-                options=options,
-            ) as decoder:
-                for frame in decoder:
-                    counts["decoded"] = decoder.stats.frames_decoded
-                    if stop.is_set():
-                        break
-                    frames.put(frame)
-                counts["decoded"] = decoder.stats.frames_decoded
+            for frame in self._frames(start, stop, gaps, counts):
+                if stop.is_set():
+                    break
+                frames.put(frame)
         except QueueClosed:
             pass
-        except BaseException as error:  # reported by the consumer, which owns the stream's state
+        except BaseException as error:
             failure.append(error)
         finally:
             frames.close()
 
-    def _produce_live(
-        self,
-        frames: FrameQueue[Frame],
-        start: int,
-        failure: list[BaseException],
-        counts: dict[str, int],
-        stop: threading.Event,
-        gaps: list[Gap],
-        options: SourceOptions,
-    ) -> None:
-        """A live source reconnects on its own (capped back-off, stall watchdog) and reports outages as
-        gaps. Its frame indices count frames as received, continued here from the committed position."""
-        policy = ReconnectPolicy(max_attempts=self.settings.live_max_attempts)
-        try:
-            with LiveSource(
-                self.stream.source,
-                self.stream.id,
-                sampler_for(self.stream),
-                options=options,
-                reconnect=policy,
-                stall_timeout=self.settings.read_timeout_s,
-                on_gap=gaps.append,
-                stop=stop,
-            ) as source:
-                for frame in source:
-                    counts["decoded"] = start + source.stats.frames_decoded
-                    if stop.is_set():
-                        break
-                    frames.put(dataclasses.replace(frame, frame_index=frame.frame_index + start))
-        except QueueClosed:
-            pass
-        except BaseException as error:  # reported by the consumer, which owns the stream's state
-            failure.append(error)
-        finally:
-            frames.close()
+    def _frames(
+        self, start: int, stop: threading.Event, gaps: list[Gap], counts: dict[str, int]
+    ) -> Iterator[Frame]:
+        """Sampled frames from the committed position on; `counts["decoded"]` follows the source frames
+        decoded so far (sampled or not).
+
+        Files resume at `start` by frame index. A live source reconnects on its own (capped back-off,
+        stall watchdog) and reports outages as gaps; its frame indices count frames as received and are
+        continued here from the committed position."""
+        options = SourceOptions(
+            open_timeout=self.settings.open_timeout_s, read_timeout=self.settings.read_timeout_s
+        )
+        sampler = sampler_for(self.stream)
+        if not self.stream.live:
+            with VideoDecoder(
+                self.stream.source, self.stream.id, sampler, start_frame_index=start, options=options
+            ) as decoder:
+                for frame in decoder:
+                    counts["decoded"] = decoder.stats.frames_decoded
+                    yield frame
+                counts["decoded"] = decoder.stats.frames_decoded
+            return
+        with LiveSource(
+            self.stream.source,
+            self.stream.id,
+            sampler,
+            options=options,
+            reconnect=ReconnectPolicy(max_attempts=self.settings.live_max_attempts),
+            stall_timeout=self.settings.read_timeout_s,
+            on_gap=gaps.append,
+            stop=stop,
+        ) as source:
+            for frame in source:
+                counts["decoded"] = start + source.stats.frames_decoded
+                yield dataclasses.replace(frame, frame_index=frame.frame_index + start)
 
     async def _call(self, awaitable: Any) -> Any:
         """Await a writer or pool call; a dead or unreachable actor fails the attempt, not the stream.

@@ -71,7 +71,11 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     target = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=target, namespace="sanstream", include_dashboard=False, logging_level="WARNING")
+    # "local" starts a private Ray even when `ray start` left a cluster on this machine: without an address
+    # a job runs on its own Ray, as documented, and only --address/RAY_ADDRESS join a cluster.
+    ray.init(
+        address=target or "local", namespace="sanstream", include_dashboard=False, logging_level="WARNING"
+    )
     try:
         yield
     finally:

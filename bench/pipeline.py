@@ -658,7 +658,10 @@ def main() -> None:
 
             report["ray"] = ray.__version__
             began = time.perf_counter()
+            # "local": a fresh instance even when a `ray start` cluster runs on this host, which plain
+            # ray.init() would join (and then refuse num_cpus).
             ray.init(
+                address="local",
                 num_cpus=args.num_cpus,
                 namespace="sanstream",
                 include_dashboard=False,

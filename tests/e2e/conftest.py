@@ -18,7 +18,13 @@ def local_ray() -> Iterator[None]:
     """A 2-CPU local Ray shared by a module's jobs (run_job reuses an initialised Ray and leaves it up)."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, namespace="sanstream-tests", include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        namespace="sanstream-tests",
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
     yield
     from ray import serve
 

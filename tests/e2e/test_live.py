@@ -86,6 +86,7 @@ def test_camera_restart_is_a_recorded_gap_and_the_stream_keeps_going(
     rtsp_server.kill()
     outage_started = time.time()
     time.sleep(2.0)
+    outage_ended = time.time()
     rtsp_server.start()
     before = written()
     wait_for(lambda: written() >= before + 5, thread, 90, "frames after the restart")
@@ -100,7 +101,9 @@ def test_camera_restart_is_a_recorded_gap_and_the_stream_keeps_going(
     assert len(gaps) >= 1
     start_pts, end_pts, start_wall, end_wall, reason = gaps[0]
     assert end_pts > start_pts and end_wall - start_wall >= 1.5
-    assert abs(start_wall - outage_started) < 3.0
+    # The gap runs from the last frame before the outage to the first one after it, so it covers the
+    # outage (a loaded machine may have delivered the last frame a while before the kill).
+    assert start_wall <= outage_started + 2.0 and end_wall >= outage_ended
     assert "connection lost" in reason or "stalled" in reason
     rows = duckdb.sql(
         f"SELECT frame_index, pts_seconds FROM read_parquet('{out}/frames/*/*.parquet', hive_partitioning=true) ORDER BY frame_index"
