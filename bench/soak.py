@@ -328,8 +328,9 @@ def flatness(samples: list[dict[str, Any]], start: float, end: float) -> dict[st
 
 
 def per_process(processes: dict[int, dict[str, Any]], warm: float, end: float) -> list[dict[str, Any]]:
-    """Each process seen: memory at first sight, once the warm-up is over, at its last sample and at its
-    peak; sorted by USS growth after the warm-up, largest first."""
+    """Each process seen: memory at first sight, once the warm-up is over (warm_*), at the end of the window
+    (end_*), at its last sample (last_*) and at its peak; sorted by USS growth over the window, largest
+    first."""
     rows = []
     for entry in processes.values():
         series = entry["series"]
@@ -338,6 +339,9 @@ def per_process(processes: dict[int, dict[str, Any]], warm: float, end: float) -
         row["warm_t"] = after[0][0]
         row["warm_rss_mb"] = round(after[0][1], 1)
         row["warm_uss_mb"] = round(after[0][2], 1)
+        row["end_t"] = after[-1][0]
+        row["end_rss_mb"] = round(after[-1][1], 1)
+        row["end_uss_mb"] = round(after[-1][2], 1)
         row["growth_rss_after_warmup_mb"] = round(after[-1][1] - after[0][1], 1)
         row["growth_uss_after_warmup_mb"] = round(after[-1][2] - after[0][2], 1)
         row["uss_slope_mb_per_min"] = _slope([(t, uss) for t, _, uss in after])
@@ -411,6 +415,58 @@ def leftover_children(me: psutil.Process, wait_s: float) -> list[dict[str, Any]]
             with contextlib.suppress(psutil.Error):
                 child.kill()
     return left
+
+
+def output_rows(out: Path) -> dict[str, int]:
+    """Rows per table in the job's Parquet output (every analysed frame should be in `frames` once)."""
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for table in ("frames", "class_areas"):
+        parts = sorted((out / table).rglob("*.parquet"))
+        rows[table] = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+    return rows
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures, repeated at the top of the report."""
+    series = report["flatness"]["series"]
+    keys = (
+        "driver_rss_mb",
+        "workers_rss_mb",
+        "workers_uss_mb",
+        "ray_core_rss_mb",
+        "redis_rss_mb",
+        "total_uss_mb",
+    )
+    return {
+        "status": report["status"],
+        "frames": report["frames"],
+        "rows_in_frames_table": report.get("rows_in_output", {}).get("frames"),
+        "run_job_s": report["run_job_s"],
+        "frames_per_s": report["frames_per_s"],
+        "frames_written_per_s_after_warmup": report["frames_written_per_s_after_warmup"],
+        "warmup_ends_s": report["warmup_ends_s"],
+        "quarter_peaks_mb": {key: series[key]["quarter_peaks_mb"] for key in keys},
+        "last_over_first": {key: series[key]["last_over_first"] for key in keys},
+        "growth_mb_per_min_after_warmup": {
+            key: report["growth_mb_per_min_after_warmup"][key] for key in keys
+        },
+        "largest_process_growth": [
+            {
+                key: row[key]
+                for key in (
+                    "pid",
+                    "role",
+                    "warm_uss_mb",
+                    "last_uss_mb",
+                    "growth_uss_after_warmup_mb",
+                    "uss_slope_mb_per_min",
+                )
+            }
+            for row in report["processes"][:3]
+        ],
+    }
 
 
 def main() -> None:
@@ -541,6 +597,7 @@ def main() -> None:
                 serve.shutdown()
             ray.shutdown()
         report["leftover_processes_after_shutdown"] = leftover_children(me, wait_s=20)
+        report["rows_in_output"] = output_rows(workdir / "out")
 
     frames = sum(s.frames_analysed for s in outcome.streams.values())
     samples = sampler.samples
@@ -548,9 +605,10 @@ def main() -> None:
     counted = [r for r in samples if r.get("written") is not None]
     final_written = max((r["written"] for r in counted), default=None)
     warm = next((r["t"] for r in counted if r["written"] >= written_target), samples[0]["t"])
-    # The window ends when the last frame is committed: after that the job only tears down (actors are
-    # killed, the replica undeployed), which would read as memory going down.
-    done = next((r["t"] for r in counted if r["written"] == final_written), job_end)
+    # The window ends when the last frame is committed (or at the last sample taken while the job's Redis
+    # answered): after that the job only tears down (actors are killed, the replica undeployed), which
+    # would read as memory going down.
+    done = next((r["t"] for r in counted if r["written"] >= frames), counted[-1]["t"] if counted else job_end)
     written_at_warm = next((r["written"] for r in counted if r["t"] == warm), 0)
     steady_rate = (final_written - written_at_warm) / (done - warm) if counted and done > warm else None
     report.update(
@@ -558,14 +616,14 @@ def main() -> None:
             "status": outcome.status,
             "streams_completed": sum(s.status == "completed" for s in outcome.streams.values()),
             "frames": frames,
-            "frames_written": final_written,
+            "frames_written_last_sample": final_written,
             "run_job_s": round(job_s, 1),
             "frames_per_s": round(frames / job_s, 2) if job_s > 0 else None,
             "recoveries": sum(s.recoveries for s in outcome.streams.values()),
             "warmup_ends_s": warm,
             "all_written_s": done,
             "job_ends_s": round(job_end, 2),
-            "frames_written_per_s_after_warmup": round(steady_rate, 2) if steady_rate else None,
+            "frames_written_per_s_after_warmup": round(steady_rate, 2) if steady_rate is not None else None,
             "flatness": flatness(samples, warm, done),
             "growth_mb_per_min_after_warmup": {key: growth_rate(samples, key, warm, done) for key in SERIES},
             "processes": per_process(sampler.processes, warm, done),
@@ -575,6 +633,7 @@ def main() -> None:
             "benchmark_s": round(time.perf_counter() - started, 1),
         }
     )
+    report = {"summary": summary(report), **report}
     failed = {sid: s.error for sid, s in outcome.streams.items() if s.status != "completed"}
     if failed:
         report["failed_streams"] = failed
