@@ -11,7 +11,9 @@ runs a sampler thread records every --sample-every seconds:
   all found by walking this driver's process tree with psutil;
 * the object store's bytes in use and object count (the raylet's `FormatGlobalMemoryInfo`, the call behind
   `ray memory --stats-only`);
-* frames decoded, analysed and written so far, from the job's state in Redis (`JobStore.snapshot`).
+* frames decoded, analysed and written so far, from the job's state in Redis (`JobStore.snapshot`);
+* the CPU cores this process tree kept busy since the previous sample, the whole machine's, and the load
+  average, to tell a slowdown of the pipeline from other work on the machine.
 
 The report is one JSON document (stdout, and --out): frames, wall time, frames/s, the time series, each
 process's first/last/peak memory, and a flatness summary: after a warm-up (the first --warmup-fraction of the
@@ -173,6 +175,8 @@ class Sampler:
         self.job_id: str | None = None
         self.store: Any = None
         self.t0 = time.monotonic()
+        self.cpu_seen: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self.last_t: float | None = None
         self.thread = threading.Thread(target=self._loop, name="soak-sampler", daemon=True)
 
     def on_started(self, job_id: str, redis_url: str) -> None:
@@ -230,17 +234,24 @@ class Sampler:
             g: {"count": 0, "rss": 0.0, "uss": 0.0} for g in ("workers", "ray_core", "ray_helpers", "redis")
         }
         roles: dict[str, dict[str, float]] = {}
+        cpu_used = 0.0  # CPU seconds this process tree used since the previous sample
         with contextlib.suppress(psutil.Error):
             driver = self.me.memory_full_info()
             row["driver_rss_mb"] = round(driver.rss / MB, 1)
             row["driver_uss_mb"] = round(driver.uss / MB, 1)
+            cpu = sum(self.me.cpu_times()[:2])
+            cpu_used += cpu - self.cpu_seen.get(self.me.pid, cpu)
+            self.cpu_seen[self.me.pid] = cpu
         for proc in self.me.children(recursive=True):
             try:
                 with proc.oneshot():
                     role = role_of(proc)
                     info = proc.memory_full_info()
+                    cpu = sum(proc.cpu_times()[:2])
             except psutil.Error:
                 continue
+            cpu_used += cpu - self.cpu_seen.get(proc.pid, 0.0 if self.last_t is not None else cpu)
+            self.cpu_seen[proc.pid] = cpu
             rss, uss = info.rss / MB, info.uss / MB
             entry = self.processes.get(proc.pid)
             if entry is None:
@@ -280,6 +291,13 @@ class Sampler:
         used, objects = self._object_store()
         row["object_store_used_mb"] = round(used, 2) if used is not None else None
         row["object_store_objects"] = objects
+        # Who else uses the machine: this tree's busy cores against the whole machine's.
+        elapsed = t - self.last_t if self.last_t is not None else 0.0
+        row["tree_cpu_cores"] = round(cpu_used / elapsed, 2) if elapsed > 0 else None
+        machine = psutil.cpu_percent(interval=None)  # since the previous call
+        row["machine_cpu_cores"] = round(machine / 100 * (os.cpu_count() or 1), 2) if elapsed > 0 else None
+        row["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        self.last_t = t
         self.samples.append(row)
 
 
