@@ -37,6 +37,7 @@ from ray.exceptions import (
 )
 from ray.serve.exceptions import RayServeException
 
+from actors.messages import SegmentRequest
 from actors.writer import WriterRestarted
 from pipeline.decode import (
     DecodeError,
@@ -352,9 +353,7 @@ class StreamDecoder:
                 reported["decoded"] = counts["decoded"]
 
 
-def _request(frame: Frame, vocabulary: tuple[str, ...], return_labels: bool) -> Any:
-    from actors.segmentation import SegmentRequest
-
+def _request(frame: Frame, vocabulary: tuple[str, ...], return_labels: bool) -> SegmentRequest:
     return SegmentRequest(
         stream_id=frame.stream_id,
         frame_index=frame.frame_index,

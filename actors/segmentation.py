@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import itertools
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,36 +20,12 @@ import ray
 import torch
 from ray import serve
 
+from actors.messages import SegmentReply, SegmentRequest
 from pipeline.frames import FrameAreas
 from pipeline.jobs.spec import JobSpec
 from pipeline.san import Segmenter, available_models, load_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class SegmentRequest:
-    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array."""
-
-    stream_id: str
-    frame_index: int
-    pts_seconds: float
-    wall_time: float
-    vocabulary: tuple[str, ...]
-    image: Any
-    return_labels: bool = False
-
-
-@dataclass(frozen=True)
-class SegmentReply:
-    """The frame's areas plus which replica batch computed it (for tests and diagnostics)."""
-
-    areas: FrameAreas
-    replica: str
-    node_id: str
-    batch_number: int
-    batch_size: int
-    batch_streams: tuple[str, ...]
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

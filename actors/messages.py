@@ -1,0 +1,37 @@
+"""What decoders and SAN replicas send each other, kept free of torch and the model.
+
+Decoder actors import this module; if it imported torch (as `actors.segmentation` does), every decoder
+process would load the whole model stack for nothing: about 1 GB of memory per stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.frames import FrameAreas
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array."""
+
+    stream_id: str
+    frame_index: int
+    pts_seconds: float
+    wall_time: float
+    vocabulary: tuple[str, ...]
+    image: Any
+    return_labels: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentReply:
+    """The frame's areas plus which replica batch computed it (for tests and diagnostics)."""
+
+    areas: FrameAreas
+    replica: str
+    node_id: str
+    batch_number: int
+    batch_size: int
+    batch_streams: tuple[str, ...]
