@@ -107,6 +107,8 @@ def deployment_options(
             "resources": resources or {},
         },
         "max_ongoing_requests": max(2 * serve_spec.batch_size, 4),
+        # One access-log line per frame would flood the driver's console and Ray's log files.
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
     }
     if serve_spec.autoscaling or serve_spec.num_replicas == "auto":
         options["autoscaling_config"] = dict(serve_spec.autoscaling or {"min_replicas": 1, "max_replicas": 4})
