@@ -125,6 +125,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes on the machine have used since boot (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system, irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_description() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
         for line in info:
@@ -184,6 +195,7 @@ def bare_loop(
     segmenter = Segmenter(model, device=device, dtype=dtype)
     frames = 0
     decode_seconds = 0.0
+    busy, own = machine_busy_s(), time.process_time()
     start = time.perf_counter()
     for index, video in enumerate(videos):
         vocab = vocabularies[index]
@@ -196,12 +208,14 @@ def bare_loop(
         frames += len(images)
     synchronize(device)
     seconds = time.perf_counter() - start
+    foreign = (machine_busy_s() - busy) - (time.process_time() - own)
     return {
         "frames": frames,
         "seconds": seconds,
         "frames_per_s": frames / seconds,
         "decode_seconds": decode_seconds,
         "segment_frames_per_s": frames / (seconds - decode_seconds),
+        "foreign_cpu_cores_avg": round(foreign / seconds, 2),
     }
 
 
@@ -458,6 +472,7 @@ def run_pipeline(
     except ImportError:
         sampler = NullSampler()
     timer.reset()
+    busy = machine_busy_s()
     with sampler:
         began = time.time()
         outcome = run_job(
@@ -465,6 +480,7 @@ def run_pipeline(
         )
         ended = time.time()
     total = ended - began
+    busy = machine_busy_s() - busy
     waited = wait_undeployed()
     frames = sum(s.frames_analysed for s in outcome.streams.values())
     wall, latency = frames_table(out)
@@ -514,6 +530,9 @@ def run_pipeline(
         },
         "processes": sampler.report(total),
     }
+    own = result["processes"].get("cpu_s_all_processes")
+    if own is not None:
+        result["foreign_cpu_cores_avg"] = round((busy - own) / total, 2)
     failed = {sid: s.error for sid, s in outcome.streams.items() if s.status != "completed"}
     if failed:
         result["failed_streams"] = failed
@@ -612,6 +631,9 @@ def main() -> None:
             "processes: polled every sample_interval s; by_role cpu_s is CPU time used during the job; "
             "ray_workers_* sums actors and idle workers (replica, decoders, writers, Serve controller); "
             "RSS double-counts shared pages, PSS does not (sampled every 4th poll, so a lower bound).",
+            "foreign_cpu_cores_avg: CPU the rest of the machine used meanwhile (machine-wide busy time "
+            "from /proc/stat minus this benchmark's processes, per second): other users' load, which "
+            "skews the figures on a shared host (roughly, for jobs: short-lived processes are sampled).",
             "the first job (warmup_job) is not in results: it starts Serve's controller and Ray's worker "
             "pool, which every later job finds running.",
         ],

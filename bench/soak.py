@@ -186,6 +186,7 @@ class Sampler:
         self.store = JobStore.from_url(redis_url, retry_for_s=2.0)
 
     def start(self) -> None:
+        psutil.cpu_percent(interval=None)  # sets the baseline of the machine's CPU figure
         self.t0 = time.monotonic()
         self.sample()
         self.thread.start()
@@ -477,7 +478,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
                     "pid",
                     "role",
                     "warm_uss_mb",
-                    "last_uss_mb",
+                    "end_uss_mb",
                     "growth_uss_after_warmup_mb",
                     "uss_slope_mb_per_min",
                 )
