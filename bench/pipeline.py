@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -42,10 +43,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Run as `python bench/pipeline.py`, this file's folder is on sys.path and the file's name would shadow the
-# `pipeline` package (here and, through the driver's sys.path, in Ray's workers): take the folder off first.
+# This file's name is also the project package's. Run as `python bench/pipeline.py`, its folder is on
+# sys.path and would shadow the package (here and, through the driver's sys.path, in Ray's workers), so the
+# folder is taken off. A sibling script (`python bench/model.py`) that imports `pipeline.san` gets this file
+# as `pipeline`: it then puts the real package in its place (the import system returns whatever sys.modules
+# holds under the name once the file has run) and gives the sibling its sys.path back.
 _HERE = os.path.realpath(os.path.dirname(__file__))
+_SYS_PATH = list(sys.path)
 sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or ".") != _HERE]
+if __name__ == "pipeline":
+    del sys.modules[__name__]
+    sys.modules[__name__] = importlib.import_module("pipeline")
+    sys.path[:] = _SYS_PATH
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
