@@ -25,7 +25,15 @@ from pipeline.frames import FrameAreas
 from pipeline.jobs.spec import JobSpec
 from pipeline.san import Segmenter, available_models, load_checkpoint
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The job spec spells dtypes out (float32, ...); the CLI uses the short forms. Both are accepted here.
+DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

