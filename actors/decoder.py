@@ -256,7 +256,8 @@ class StreamDecoder:
 
     async def _attempt(self, outcome: StreamOutcome) -> None:
         job, sid = self.job_id, self.stream.id
-        start, epoch = await self._call(self.writer.begin.remote())
+        begun = await self._call(self.writer.begin.remote())
+        start, epoch = begun.next_frame, begun.epoch
         stop = threading.Event()
         frames: FrameQueue[Frame] = FrameQueue(
             self.settings.queue_size, "drop_oldest" if self.stream.live else "block"
@@ -285,8 +286,10 @@ class StreamDecoder:
                     last_poll = now
                     self.store.heartbeat(job, f"decoder:{sid}")
                     self._report(counts, reported, frames.dropped)
-                    if outcome.status != "cancelled" and self.store.cancel_requested(job):
-                        outcome.status = "cancelled"
+                    if outcome.status not in ("cancelled", "interrupted") and (
+                        reason := self.store.stop_requested(job)
+                    ):
+                        outcome.status = reason
                         stop.set()
                         frames.cancel()
                 if not exhausted and len(in_flight) < self.settings.max_in_flight:
@@ -330,7 +333,7 @@ class StreamDecoder:
                     response.cancel()
             self._report(counts, reported, frames.dropped)
         outcome.dropped_frames += frames.dropped
-        if failure and outcome.status != "cancelled":
+        if failure and outcome.status not in ("cancelled", "interrupted"):
             error = failure[0]
             outcome.status = "failed"
             outcome.error_kind = type(error).__name__

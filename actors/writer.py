@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +33,22 @@ class WriterRestarted(RuntimeError):
 
 
 FRAME_TABLES = ("class_areas", "frames")
+
+
+@dataclass(frozen=True)
+class WriterStart:
+    """Where a new attempt at a stream starts, as `StreamWriter.begin` answers it.
+
+    Attributes:
+        next_frame: first frame index not yet committed in every frame table.
+        epoch: the attempt's writer epoch; pass it to every later call.
+        last_pts: `pts_seconds` of the last committed frame (None before the first commit): a live
+            stream continues its timeline after it and reports what was lost since as a gap.
+    """
+
+    next_frame: int
+    epoch: int
+    last_pts: float | None
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -65,10 +82,10 @@ class StreamWriter:
         self.max_rows = max_rows
         self.begin()
 
-    def begin(self) -> tuple[int, int]:
+    def begin(self) -> WriterStart:
         """Start a fresh attempt (see the module docstring). Returns the first frame index still needed
-        (every frame before it is committed in every frame table) and the attempt's epoch, which the caller
-        passes to `append` so a writer restarted in between is noticed."""
+        (every frame before it is committed in every frame table), the attempt's epoch, which the caller
+        passes to `append` so a writer restarted in between is noticed, and the last committed pts."""
         job_id, stream_id = self.job_id, self.stream_id
         self.epoch = self.store.bump_writer_epoch(job_id, stream_id)
         record = partial(self.store.record_part, job_id, stream_id)
@@ -88,11 +105,16 @@ class StreamWriter:
             table: self.store.committed_frames(job_id, stream_id, table) for table in FRAME_TABLES
         }
         self.last_commit = time.monotonic()
-        return min(self.committed.values()) + 1, self.epoch
+        return WriterStart(
+            min(self.committed.values()) + 1, self.epoch, self.store.committed_last_pts(job_id, stream_id)
+        )
 
-    def append(self, areas: list[FrameAreas], wall_times: list[float], epoch: int) -> int:
-        """Buffer analysed frames (in frame order); commits when the interval has passed. Returns the
-        number of frames committed by this call."""
+    def append(
+        self, areas: list[FrameAreas], wall_times: list[float], epoch: int, commit: bool = False
+    ) -> int:
+        """Buffer analysed frames (in frame order); commits when `commit` is set (the caller's flush
+        interval passed) or the writer's own interval has passed. Returns the number of frames committed
+        by this call."""
         if epoch != self.epoch:
             raise WriterRestarted(f"writer of {self.stream_id} is at epoch {self.epoch}, caller at {epoch}")
         fresh = [a for a in areas if a.frame_index > self.committed["class_areas"]]
@@ -108,7 +130,7 @@ class StreamWriter:
         for item in fresh:
             if item.labels is not None:
                 self._write_labels(item)
-        if time.monotonic() - self.last_commit >= self.commit_interval_s:
+        if commit or time.monotonic() - self.last_commit >= self.commit_interval_s:
             return self.flush()
         return 0
 

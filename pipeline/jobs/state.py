@@ -28,16 +28,28 @@ from redis.retry import Retry
 
 from pipeline.jobs.ids import check_id
 
-JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-STREAM_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+JOB_STATUSES = ("queued", "running", "interrupted", "completed", "failed", "cancelled")
+# `reconnecting`: a live source that cannot connect (or lost its connection) and is retrying;
+# `interrupted`: the driver was stopped (Ctrl-C, SIGTERM) and the stream can be resumed.
+STREAM_STATUSES = ("pending", "running", "reconnecting", "interrupted", "completed", "failed", "cancelled")
 COUNTERS = ("decoded", "analysed", "written", "dropped")
 PRIMARY_TABLE = "class_areas"  # its commits advance the stream's `written` / `last_written_frame`
 MAX_ERRORS_KEPT = 1000
 _TERMINAL = ("completed", "failed", "cancelled")
 
 # A job may also fail before it ever runs (e.g. the model cannot load), hence queued -> failed.
-_JOB_TRANSITIONS = {"queued": {"running", "cancelled", "failed"}, "running": {"running", *_TERMINAL}}
-_STREAM_TRANSITIONS = {"pending": {"running", "cancelled", "failed"}, "running": {"running", *_TERMINAL}}
+# `interrupted` is not terminal: `resume` (or the same `run`) takes the job back to running.
+_JOB_TRANSITIONS = {
+    "queued": {"running", "cancelled", "failed", "interrupted"},
+    "running": {"running", "interrupted", *_TERMINAL},
+    "interrupted": {"running", "cancelled", "failed"},
+}
+_STREAM_TRANSITIONS = {
+    "pending": {"running", "cancelled", "failed", "interrupted"},
+    "running": {"running", "reconnecting", "interrupted", *_TERMINAL},
+    "reconnecting": {"running", "reconnecting", "interrupted", *_TERMINAL},
+    "interrupted": {"running", "cancelled", "failed", "interrupted"},
+}
 
 _SET_STATUS = """
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -72,7 +84,7 @@ if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
-# ARGV: epoch, table, part name, first, last, rows, frames, record JSON, primary table, now
+# ARGV: epoch, table, part name, first, last, rows, frames, record JSON, primary table, now, last pts ('' if none)
 _RECORD_COMMIT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1, 0} end
@@ -85,7 +97,10 @@ local prefix = 'committed:' .. ARGV[2] .. ':'
 redis.call('HINCRBY', KEYS[1], prefix .. 'rows', ARGV[6])
 redis.call('HINCRBY', KEYS[1], prefix .. 'parts', 1)
 local last = tonumber(redis.call('HGET', KEYS[1], prefix .. 'last_frame') or '-1')
-if tonumber(ARGV[5]) > last then redis.call('HSET', KEYS[1], prefix .. 'last_frame', ARGV[5]) end
+if tonumber(ARGV[5]) > last then
+  redis.call('HSET', KEYS[1], prefix .. 'last_frame', ARGV[5])
+  if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], prefix .. 'last_pts', ARGV[11]) end
+end
 if ARGV[2] == ARGV[9] then
   redis.call('HINCRBY', KEYS[1], 'written', ARGV[7])
   local written = tonumber(redis.call('HGET', KEYS[1], 'last_written_frame') or '-1')
@@ -255,6 +270,22 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.hexists(self._job(job_id), "cancel_requested"))
 
+    def request_interrupt(self, job_id: str) -> None:
+        """Ask every worker of the job to stop and commit what it has, leaving the job resumable
+        (the driver got SIGINT/SIGTERM). Cleared by `clear_interrupt` when the job is resumed."""
+        self._require_job(job_id)
+        self.r.hsetnx(self._job(job_id), "interrupt_requested", repr(self.clock()))
+
+    def clear_interrupt(self, job_id: str) -> None:
+        self.r.hdel(self._job(job_id), "interrupt_requested")
+
+    def stop_requested(self, job_id: str) -> str | None:
+        """Why workers should stop now: "cancelled" (final), "interrupted" (resumable), or None."""
+        cancel, interrupt = self.r.hmget(self._job(job_id), ["cancel_requested", "interrupt_requested"])
+        if cancel is not None:
+            return "cancelled"
+        return "interrupted" if interrupt is not None else None
+
     def heartbeat(self, job_id: str, worker: str) -> None:
         self.r.hset(f"{self._job(job_id)}:heartbeats", worker, repr(self.clock()))
 
@@ -328,6 +359,7 @@ class JobStore:
         rows: int,
         writer_epoch: int,
         frames: int | None = None,
+        last_pts: float | None = None,
     ) -> bool:
         """Record a published part if `writer_epoch` is the stream's current epoch.
 
@@ -347,11 +379,19 @@ class JobStore:
             "epoch": writer_epoch,
             "time": self.clock(),
         }
+        if last_pts is not None:
+            record["last_pts"] = last_pts
         stream_key = self._stream(job_id, stream_id)
         args: list[str | int] = [writer_epoch, table, part_name, first_frame, last_frame, rows, n_frames]
         code, current = self._commit(
             keys=[stream_key, f"{stream_key}:parts"],
-            args=[*args, json.dumps(record), PRIMARY_TABLE, repr(self.clock())],
+            args=[
+                *args,
+                json.dumps(record),
+                PRIMARY_TABLE,
+                repr(self.clock()),
+                "" if last_pts is None else repr(float(last_pts)),
+            ],
         )
         if code == -1:
             raise UnknownJobError(f"no stream {stream_id!r} in job {job_id!r}")
@@ -379,12 +419,19 @@ class JobStore:
             part.rows,
             part.epoch,
             frames=part.frames,
+            last_pts=getattr(part, "last_pts", None),
         )
 
     def committed_frames(self, job_id: str, stream_id: str, table: str = PRIMARY_TABLE) -> int:
         """Highest frame index committed for the stream's `table`, or -1: a restarted job resumes after it."""
         value = self.r.hget(self._stream(job_id, stream_id), f"committed:{table}:last_frame")
         return int(_text(value)) if value is not None else -1
+
+    def committed_last_pts(self, job_id: str, stream_id: str, table: str = PRIMARY_TABLE) -> float | None:
+        """`pts_seconds` of the highest committed frame of `table`, or None: a restarted live stream
+        continues its timeline after it, and reports the frames lost in between as a gap."""
+        value = self.r.hget(self._stream(job_id, stream_id), f"committed:{table}:last_pts")
+        return float(_text(value)) if value is not None else None
 
     def committed_parts(self, job_id: str, stream_id: str, table: str | None = None) -> list[dict[str, Any]]:
         """Recorded parts of the stream (optionally of one table), in name order."""
@@ -416,12 +463,12 @@ class JobStore:
         streams: dict[str, Any] = {}
         for i, stream_id in enumerate(stream_ids):
             fields, stream_errors = _decode_hash(replies[2 * i]), replies[2 * i + 1]
-            committed: dict[str, dict[str, int]] = {}
+            committed: dict[str, dict[str, int | float | None]] = {}
             info: dict[str, Any] = {"status": fields.pop("status", None)}
             for name, value in fields.items():
                 if name.startswith("committed:"):
                     _, table, stat = name.split(":", 2)
-                    committed.setdefault(table, {})[stat] = int(value)
+                    committed.setdefault(table, {})[stat] = _number(value)
                 else:
                     info[name] = _number(value)
             info["committed"] = committed
@@ -436,6 +483,7 @@ class JobStore:
             "started": _number(job.get("started")),
             "finished": _number(job.get("finished")),
             "cancel_requested": "cancel_requested" in job,
+            "interrupt_requested": "interrupt_requested" in job,
             "error_count": int(job.get("error_count", 0)),
             "errors": [json.loads(_text(e)) for e in errors],
             "heartbeats": {_text(w): float(_text(t)) for w, t in beats.items()},
