@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cli.common import CommandError, require_out_dir
+from pipeline.jobs.ids import id_problem
 from pipeline.storage.query import run_sql
 
 #: Classes named in the legend; with a long vocabulary the rest are drawn thin and grey, unnamed.
@@ -21,7 +22,7 @@ LEGEND_CLASSES = 12
 _ROWS_SQL = """
 SELECT job_id, frame_index, pts_seconds, class_id, class_name, fraction
 FROM class_areas
-WHERE stream_id = ? {job_filter}
+WHERE stream_id = ?
 ORDER BY pts_seconds, frame_index, class_id
 """
 
@@ -30,17 +31,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plot", help="chart each class's area fraction over time for one stream")
     parser.add_argument("out", type=Path, help="output directory of a job")
     parser.add_argument("--stream", required=True, help="stream id to plot")
-    parser.add_argument("--job", default=None, help="job id; needed when several jobs wrote this stream")
+    parser.add_argument("--job", default=None, help="job id (default: the latest job that wrote this stream)")
     parser.add_argument(
-        "--output", type=Path, default=None, help="image file to write (default: OUT/plots/<stream>.png)"
+        "--output",
+        type=Path,
+        default=None,
+        help="image file to write (default: OUT/plots/<job>/<stream>.png)",
     )
     parser.set_defaults(handler=run)
 
 
-def _stream_rows(out: Path, stream: str, job: str | None) -> pa.Table:
-    """The stream's class-area rows, with errors that list what IS there when nothing matches."""
-    job_filter, params = ("AND job_id = ?", [stream, job]) if job is not None else ("", [stream])
-    rows = run_sql(out, _ROWS_SQL.format(job_filter=job_filter), params)
+def _latest_job(out: Path, stream: str) -> tuple[str, list[str]]:
+    """The job that most recently started writing `stream` (by its first frame's arrival), and all of
+    them; job ids break ties, since generated ones sort by creation time."""
+    jobs = run_sql(
+        out,
+        "SELECT job_id, min(wall_time) AS started FROM frames WHERE stream_id = ? GROUP BY job_id "
+        "ORDER BY started DESC NULLS LAST, job_id DESC",
+        [stream],
+    )["job_id"].to_pylist()
+    if not jobs:
+        jobs = run_sql(
+            out, "SELECT DISTINCT job_id FROM class_areas WHERE stream_id = ? ORDER BY 1 DESC", [stream]
+        )["job_id"].to_pylist()
+    return (jobs[0] if jobs else ""), jobs
+
+
+def _stream_rows(out: Path, stream: str, job: str | None) -> tuple[pa.Table, str | None]:
+    """The stream's class-area rows of `job` (default: the latest job that has the stream), with errors
+    that list what IS there when nothing matches, and a note when other jobs wrote the stream too."""
+    note = None
+    if job is None:
+        job, jobs = _latest_job(out, stream)
+        if len(jobs) > 1:
+            note = (
+                f"stream {stream!r} was written by {len(jobs)} jobs; plotting the latest, {job} "
+                f"(others: {', '.join(j for j in jobs if j != job)}; choose with --job)"
+            )
+    rows = run_sql(out, _ROWS_SQL, [stream], job_id=job) if job else pa.table({})
     if rows.num_rows == 0:
         streams = run_sql(out, "SELECT DISTINCT stream_id FROM class_areas ORDER BY 1")["stream_id"]
         present = [str(s) for s in streams.to_pylist()]
@@ -54,12 +82,7 @@ def _stream_rows(out: Path, stream: str, job: str | None) -> pa.Table:
             f"job {job!r} wrote no rows for stream {stream!r}; jobs that did: "
             + ", ".join(jobs["job_id"].to_pylist())
         )
-    jobs = sorted(set(rows["job_id"].to_pylist()))
-    if len(jobs) > 1:
-        raise CommandError(
-            f"stream {stream!r} was written by several jobs ({', '.join(jobs)}); pick one with --job"
-        )
-    return rows
+    return rows, note
 
 
 def _series(rows: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -127,12 +150,22 @@ def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray,
 
 def run(args: argparse.Namespace) -> int:
     out = require_out_dir(args.out)
-    target = args.output if args.output is not None else out / "plots" / f"{args.stream}.png"
-    if target.suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
-        raise CommandError(f"{target}: the output must end in .png, .svg, .pdf or .jpg")
-    rows = _stream_rows(out, args.stream, args.job)
+    if args.output is not None and args.output.suffix.lower() not in (
+        ".png",
+        ".svg",
+        ".pdf",
+        ".jpg",
+        ".jpeg",
+    ):
+        raise CommandError(f"{args.output}: the output must end in .png, .svg, .pdf or .jpg")
+    if args.job is not None and (problem := id_problem(args.job)) is not None:
+        raise CommandError(f"--job {args.job!r}: {problem}")
+    rows, note = _stream_rows(out, args.stream, args.job)
+    if note:
+        print(note)
     pts, names, fractions = _series(rows)
     job = rows["job_id"][0].as_py()
+    target = args.output if args.output is not None else out / "plots" / job / f"{args.stream}.png"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

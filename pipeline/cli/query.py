@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import CommandError, require_out_dir
+from pipeline.jobs.ids import id_problem
 from pipeline.storage.query import run_sql, summary
 
 DEFAULT_MAX_ROWS = 50
@@ -37,7 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("out", type=Path, help="output directory of a job")
     parser.add_argument("sql", nargs="?", help='a DuckDB query, e.g. "SELECT * FROM frames LIMIT 5"')
-    parser.add_argument("--job", default=None, help="summarise only this job (without SQL)")
+    parser.add_argument(
+        "--job", default=None, help="only this job's rows (the summary, and every view the SQL reads)"
+    )
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="print every row as CSV instead of a table")
     fmt.add_argument("--json", action="store_true", help="print every row as a JSON list instead of a table")
@@ -120,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
     out = require_out_dir(args.out)
     if args.max_rows < 1:
         raise CommandError(f"--max-rows must be at least 1, got {args.max_rows}")
-    if args.sql is not None and args.job is not None:
-        raise CommandError("--job filters the summary; with SQL, filter in the query (WHERE job_id = '...')")
+    if args.job is not None and (problem := id_problem(args.job)) is not None:
+        raise CommandError(f"--job {args.job!r}: {problem}")
     try:
-        result = summary(out, args.job) if args.sql is None else run_sql(out, args.sql)
+        result = summary(out, args.job) if args.sql is None else run_sql(out, args.sql, job_id=args.job)
     except duckdb.Error as error:
         raise CommandError(f"query failed: {sql_error_line(error)}") from None
     if args.csv:

@@ -111,6 +111,22 @@ return {1, current}
 """
 
 
+# Export of rows kept in the store (the `errors` table) as parts: the part covers the stream's records
+# after ordinal ARGV[3] through ARGV[4], accepted only if nothing after ARGV[3] was exported yet, so two
+# exports of the same records (a resumed driver, a retried call) never both succeed.
+# KEYS: stream key, parts key. ARGV: table, part name, after, through, record JSON, now
+_RECORD_EXPORT = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return {-1, 0} end
+local field = ARGV[1] .. '/' .. ARGV[2]
+if redis.call('HEXISTS', KEYS[2], field) == 1 then return {2, 0} end
+local current = tonumber(redis.call('HGET', KEYS[1], 'exported:' .. ARGV[1]) or '0')
+if current ~= tonumber(ARGV[3]) then return {0, current} end
+redis.call('HSET', KEYS[1], 'exported:' .. ARGV[1], ARGV[4], 'updated', ARGV[6])
+redis.call('HSET', KEYS[2], field, ARGV[5])
+return {1, current}
+"""
+
+
 class JobStateError(RuntimeError):
     """Base of the job store's errors."""
 
@@ -180,6 +196,7 @@ class JobStore:
         self._create = client.register_script(_CREATE_JOB)
         self._bump = client.register_script(_BUMP_EPOCH)
         self._commit = client.register_script(_RECORD_COMMIT)
+        self._export = client.register_script(_RECORD_EXPORT)
 
     @classmethod
     def from_url(cls, url: str, *, retry_for_s: float = 60.0, **kwargs: Any) -> JobStore:
@@ -422,6 +439,55 @@ class JobStore:
             last_pts=getattr(part, "last_pts", None),
         )
 
+    def errors_to_export(self, job_id: str, stream_id: str) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+        """The stream's error records not yet in the `errors` table, with their ordinals (1-based, over
+        every error the stream ever had), and the last ordinal already exported. Records trimmed from the
+        store's list (over MAX_ERRORS_KEPT since the last export) are gone and not exported."""
+        key = self._stream(job_id, stream_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(f"{key}:errors", 0, -1)
+        pipe.hmget(key, ["error_count", "exported:errors"])
+        raw, (total, exported) = pipe.execute()
+        done = int(exported or 0)
+        first = int(total or 0) - len(raw) + 1
+        records = [(first + i, json.loads(_text(item))) for i, item in enumerate(raw)]
+        return done, [(ordinal, record) for ordinal, record in records if ordinal > done]
+
+    def record_export(
+        self, job_id: str, stream_id: str, table: str, part_name: str, after: int, through: int
+    ) -> bool:
+        """Record a part that exports the stream's records `after`+1 .. `through` of `table`.
+
+        Returns True when recorded, False when this part was already recorded (a retried call); raises
+        StaleWriterError when another export already covered records after `after`."""
+        key = self._stream(job_id, stream_id)
+        record = {
+            "table": table,
+            "part": part_name,
+            "first": after + 1,
+            "last": through,
+            "time": self.clock(),
+        }
+        code, current = self._export(
+            keys=[key, f"{key}:parts"],
+            args=[
+                check_id(table, "table"),
+                part_name,
+                after,
+                through,
+                json.dumps(record),
+                repr(self.clock()),
+            ],
+        )
+        if code == -1:
+            raise UnknownJobError(f"no stream {stream_id!r} in job {job_id!r}")
+        if code == 0:
+            raise StaleWriterError(
+                f"{table} of stream {stream_id!r} in job {job_id!r} were exported through {current} "
+                f"meanwhile; part {part_name} (after {after}) is rejected"
+            )
+        return bool(code == 1)
+
     def committed_frames(self, job_id: str, stream_id: str, table: str = PRIMARY_TABLE) -> int:
         """Highest frame index committed for the stream's `table`, or -1: a restarted job resumes after it."""
         value = self.r.hget(self._stream(job_id, stream_id), f"committed:{table}:last_frame")
@@ -432,6 +498,10 @@ class JobStore:
         continues its timeline after it, and reports the frames lost in between as a gap."""
         value = self.r.hget(self._stream(job_id, stream_id), f"committed:{table}:last_pts")
         return float(_text(value)) if value is not None else None
+
+    def part_recorded(self, job_id: str, stream_id: str, table: str, part_name: str) -> bool:
+        """Whether the store holds the commit record of this part (read back after a lost reply)."""
+        return bool(self.r.hexists(f"{self._stream(job_id, stream_id)}:parts", f"{table}/{part_name}"))
 
     def committed_parts(self, job_id: str, stream_id: str, table: str | None = None) -> list[dict[str, Any]]:
         """Recorded parts of the stream (optionally of one table), in name order."""

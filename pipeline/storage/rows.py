@@ -22,13 +22,6 @@ def _repeat(value: str, n: int) -> pa.Array:
     return pc.take(pa.array([value], pa.string()), pa.array(np.zeros(n, dtype=np.int32)))
 
 
-def _repeat_stream_id(value: str, n: int) -> pa.Array:
-    """`stream_id` as a one-entry dictionary column, the type the hive partition key reads back as."""
-    return pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string())
-    )
-
-
 def class_area_rows(areas: FrameAreas, vocabulary: Sequence[str], job_id: str) -> pa.Table:
     """One `class_areas` row per vocabulary class for one frame, zero-pixel classes included.
 
@@ -71,7 +64,7 @@ def class_area_table(areas: Sequence[FrameAreas], vocabulary: Sequence[str], job
     fraction = (pixels / frame_area[:, None]).reshape(-1)
     columns = [
         _repeat(job_id, n_rows),
-        _repeat_stream_id(stream_id, n_rows),
+        _repeat(stream_id, n_rows),
         pa.array(np.repeat(frame_index, n_classes)),
         pa.array(np.repeat(pts, n_classes)),
         pa.array(class_ids),
@@ -96,7 +89,7 @@ def frame_rows(areas: Sequence[FrameAreas], wall_times: Sequence[float], job_id:
     stream_id = next(iter(stream_ids), "")
     columns = [
         _repeat(job_id, n),
-        _repeat_stream_id(stream_id, n),
+        _repeat(stream_id, n),
         pa.array(np.fromiter((a.frame_index for a in areas), dtype=np.int64, count=n)),
         pa.array(np.fromiter((a.pts_seconds for a in areas), dtype=np.float64, count=n)),
         pa.array(np.asarray(wall_times, dtype=np.float64)),
@@ -112,7 +105,7 @@ def vocabulary_rows(job_id: str, stream_id: str, vocabulary: Sequence[str]) -> p
     n = len(vocabulary)
     columns = [
         _repeat(job_id, n),
-        _repeat_stream_id(stream_id, n),
+        _repeat(stream_id, n),
         pa.array(np.arange(n, dtype=np.int32)),
         pa.array(list(vocabulary), pa.string()),
     ]

@@ -1,12 +1,20 @@
 """Arrow schemas of every output table, defined once, and where each table's files live.
 
-Layout: hive partitions, `OUT/<table>/stream_id=<id>/part-*.parquet`, so DuckDB (`hive_partitioning`),
-Polars and pandas/pyarrow all prune by stream from the path. `stream_id` is ALSO stored inside every file
-(a part read on its own still says which stream it is, and columns keep their documented order), with the
-Arrow type `dictionary<int32, string>`: that is the type pyarrow infers for a hive key, so
-`pd.read_parquet(OUT/"class_areas")` merges the two instead of failing on "string vs dictionary". In the
-Parquet file it is an ordinary dictionary-encoded UTF-8 column: DuckDB reads VARCHAR, Polars Categorical,
-pandas category. Stream ids never contain `=` or `/` (see `pipeline.jobs.ids`).
+Layout: `OUT/<table>/<job_id>/<stream_id>/part-*.parquet`. Every job has its own directory under each
+table, so jobs that share an output folder (and reuse stream ids, as every re-run of the same file does)
+never touch each other's files, and a job's cleanup can only ever reach its own directory.
+
+The directories are deliberately NOT hive `key=value` partitions. Readers disagree on the type of a
+discovered key (pyarrow's `pq.read_table` infers a dictionary, `pyarrow.dataset(partitioning="hive")` a
+string, and DuckDB, Polars and pyarrow all turn a stream called `007` into the integer 7), so no single
+in-file type matches all of them. Plain directory names carry no columns: `job_id` and `stream_id` are
+plain strings inside every file, and DuckDB, Polars, pandas, `pq.read_table` and `pyarrow.dataset` (with
+or without `partitioning="hive"`) all read `OUT/<table>` as it is, with the documented types. Filtering
+by job or stream prunes through the parts' row-group statistics (one stream per part), and
+`pipeline.storage.query` globs only the job's directory when asked for one job.
+
+Ids are `[A-Za-z0-9._-]` and never start with `.` or `_` (see `pipeline.jobs.ids`), so they are safe as
+directory names and never match glob syntax.
 """
 
 from __future__ import annotations
@@ -16,8 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-#: Stored dictionary-encoded so it unifies with the hive partition key (see the module docstring).
-STREAM_ID = pa.dictionary(pa.int32(), pa.string())
+#: A plain string: the directories carry no partition keys (see the module docstring).
+STREAM_ID = pa.string()
 
 CLASS_AREAS = pa.schema(
     [
@@ -107,7 +115,8 @@ TABLES: dict[str, TableSpec] = {
 }
 
 #: Written under the output dir but outside every table dir, so no glob or directory scan of a table
-#: can ever pick up a file that is still being written (DuckDB and Polars globs do NOT skip `.`/`_` names).
+#: can ever pick up a file that is not committed (DuckDB and Polars globs do NOT skip `.`/`_` names):
+#: `OUT/_staging/<job_id>/<table>/<stream_id>/<part name>`.
 STAGING_DIR = "_staging"
 
 
@@ -120,15 +129,34 @@ def table_spec(table: str) -> TableSpec:
 
 
 def table_dir(out_dir: str | Path, table: str) -> Path:
-    """Directory holding every stream's parts of `table`."""
+    """Directory holding every job's parts of `table`."""
     return Path(out_dir) / table_spec(table).name
 
 
-def stream_dir(out_dir: str | Path, table: str, stream_id: str) -> Path:
-    """Directory holding one stream's parts of `table`: the hive partition `stream_id=<id>`."""
-    return table_dir(out_dir, table) / f"stream_id={stream_id}"
+def job_dir(out_dir: str | Path, table: str, job_id: str) -> Path:
+    """Directory holding one job's parts of `table`, one subdirectory per stream."""
+    return table_dir(out_dir, table) / job_id
 
 
-def parts_glob(out_dir: str | Path, table: str) -> str:
-    """Glob matching every committed part of `table`; staging files never match it."""
-    return str(table_dir(out_dir, table) / "stream_id=*" / "*.parquet")
+def stream_dir(out_dir: str | Path, table: str, job_id: str, stream_id: str) -> Path:
+    """Directory holding one stream's parts of `table` in one job."""
+    return job_dir(out_dir, table, job_id) / stream_id
+
+
+def staging_dir(out_dir: str | Path, table: str, job_id: str, stream_id: str) -> Path:
+    """Where a stream's parts are written before they are committed; outside every table directory."""
+    return Path(out_dir) / STAGING_DIR / job_id / table_spec(table).name / stream_id
+
+
+def parts_glob(out_dir: str | Path, table: str, job_id: str | None = None) -> str:
+    """Glob matching every committed part of `table` (of one job when `job_id` is given)."""
+    return str(table_dir(out_dir, table) / (job_id or "*") / "*" / "*.parquet")
+
+
+def job_has_output(out_dir: str | Path, job_id: str) -> bool:
+    """True when any table (or the staging area) of `out_dir` holds a directory of job `job_id`."""
+    root = Path(out_dir)
+    return (
+        any(job_dir(root, table, job_id).is_dir() for table in TABLES)
+        or (root / STAGING_DIR / job_id).is_dir()
+    )

@@ -1,11 +1,21 @@
-"""Crash-safe Parquet parts, one writer per (table, stream).
+"""Crash-safe Parquet parts: record first, then publish, so every visible part is a committed part.
 
-Readers (DuckDB, Polars, pandas) may scan the output while a job runs and after it crashed, so a part
-is published only when complete: bytes go to a staging file OUTSIDE the table directory
-(`OUT/_staging/<table>/<stream_id>/`, same file system), are fsync'd, then `os.replace`d to
-`OUT/<table>/stream_id=<id>/part-<first>-<last>-<epoch>-<seq>.parquet` and the directory is fsync'd.
-Staging lives outside the table because DuckDB and Polars globs do not skip `.`/`_`-prefixed names and
-a Polars directory read refuses mixed extensions: a temp file next to the parts would break them.
+Readers (DuckDB, Polars, pandas, a plain glob) may scan the output at any moment, also right after a
+crash, and they know nothing of the job store. So the only files in a table directory are parts the job
+store has recorded. Each part goes through three steps:
+
+1. **stage**: the bytes go to `OUT/_staging/<job>/<table>/<stream>/<part name>` (outside every table
+   directory, same file system), the file and its directory are fsync'd;
+2. **record**: the job store records the part under the writer's epoch (one atomic, fenced script): from
+   this moment the part is committed, whatever happens next;
+3. **publish**: `os.replace` moves it to `OUT/<table>/<job>/<stream>/<part name>`; the directory is fsync'd.
+
+Crash points: before (2) the part is an uncommitted staged file, invisible, removed by the next attempt
+(`recover_staged_parts`); between (2) and (3) it is committed but unpublished: the next attempt publishes
+it (the staged file was made durable before the record). A writer whose epoch was superseded is rejected
+at (2) and deletes its own staged file, so it can never publish. A record whose reply was lost is resolved
+by reading the record back before anything is deleted; when even that fails, the staged file stays for
+the next attempt to decide by the record.
 
 Part names are zero-padded so a listing sorts by frame; `<epoch>` (the fencing epoch from the job store)
 and `<seq>` make names unique per writer generation, so a restarted writer never overwrites a part.
@@ -15,18 +25,18 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage.schema import STAGING_DIR, TableSpec, stream_dir, table_spec
+from pipeline.storage.schema import TableSpec, staging_dir, stream_dir, table_spec
 
 DEFAULT_MAX_ROWS = 250_000
 _WRITE_CHUNK = 8 << 20
@@ -42,7 +52,7 @@ class OutputDirError(OSError):
 
 
 class PartWriteError(OSError):
-    """Writing a part failed (disk full, I/O error): nothing was published and the rows stay buffered."""
+    """Writing a part failed (disk full, I/O error): nothing was committed and the rows stay buffered."""
 
     def __init__(self, errno_: int | None, message: str, path: Path) -> None:
         if errno_ is None:
@@ -52,29 +62,60 @@ class PartWriteError(OSError):
         self.path = path
 
 
+class CommitRejected(RuntimeError):
+    """The job store refused to record a part (a newer writer epoch took over): this writer must stop."""
+
+
+class CommitUncertain(RuntimeError):
+    """Recording a part failed and reading the record back failed too: whether the part is committed is
+    unknown, so its staged file is kept and the writer stops; the next attempt decides by the record."""
+
+
+class Recorder(Protocol):
+    """The job store as a part writer sees it."""
+
+    def record(self, part: CommittedPart) -> None:
+        """Record `part` as committed (idempotent); raise `CommitRejected` when fenced off."""
+
+    def is_recorded(self, part: CommittedPart) -> bool:
+        """Whether `part` is recorded; used after `record` failed without an answer."""
+
+
 @dataclass(frozen=True, slots=True)
 class CommittedPart:
-    """A published part, as the job store records it.
+    """A committed part, as the job store records it.
 
     Attributes:
+        path: where the part is published.
         first_frame, last_frame: frame-index span for frame-keyed tables (`class_areas`, `frames`);
             for the others, the span of row ordinals this writer generation has written.
         frames: distinct frame indices in the part (0 for tables without frames).
         epoch: the writer epoch the part was written under, for fencing.
+        last_pts: `pts_seconds` of the part's last frame (None for tables without frames).
     """
 
     path: Path
     table: str
+    job_id: str
     stream_id: str
     first_frame: int
     last_frame: int
     rows: int
     frames: int
     epoch: int
+    last_pts: float | None = None
 
     @property
     def name(self) -> str:
         return self.path.name
+
+
+@dataclass
+class Recovery:
+    """What `recover_staged_parts` did: committed parts it published, uncommitted staged files it removed."""
+
+    published: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
 
 
 def part_name(first: int, last: int, epoch: int, seq: int) -> str:
@@ -120,27 +161,41 @@ def _make_dir(out_dir: Path, path: Path) -> None:
         ) from exc
 
 
+def publish_staged(staged: Path, final: Path) -> None:
+    """Move a committed staged part into its table directory, durably."""
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+
+
 class PartWriter:
-    """Buffers one stream's rows of one table and publishes them as sorted parts of at most `max_rows`.
+    """Buffers one stream's rows of one table and commits them as sorted parts of at most `max_rows`.
 
     A frame's rows are kept in one part whenever the frame fits, so a part never holds half a frame
     unless a single frame is larger than `max_rows`.
 
-    `on_commit`, when given, is called with each published part (typically `JobStore.record_commit`).
-    If it raises (a fenced-off writer, an unreachable store), the part is removed again and its rows
-    go back into the buffer, so a part that the store does not know about does not stay visible.
+    With a `recorder`, a part is published only after the recorder accepted it (see the module
+    docstring); without one (tools and tests that have no job store) a staged part is published at once.
+    After a failure past the record (the part may be committed) the writer refuses further rows: its
+    buffer can no longer be trusted, and the caller starts a new attempt from the committed position.
+
+    `failpoint`, when given, is called with "staged", "recorded" and "published" at those steps, so fault
+    tests can crash a real writer exactly there. `first_ordinal` numbers the rows of a table without
+    frames (part names span row ordinals), e.g. to name an export by the records it holds.
     """
 
     def __init__(
         self,
         out_dir: str | Path,
         table: str,
+        job_id: str,
         stream_id: str,
         *,
         epoch: int = 0,
         max_rows: int = DEFAULT_MAX_ROWS,
-        on_commit: Callable[[CommittedPart], None] | None = None,
+        recorder: Recorder | None = None,
         compression: str = "zstd",
+        failpoint: Callable[[str], None] | None = None,
+        first_ordinal: int = 0,
     ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
@@ -148,27 +203,31 @@ class PartWriter:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.out_dir = Path(out_dir)
         self.spec: TableSpec = table_spec(table)
+        self.job_id = job_id
         self.stream_id = stream_id
         self.epoch = epoch
         self.max_rows = max_rows
-        self.on_commit = on_commit
+        self.recorder = recorder
         self.compression = compression
+        self.failpoint = failpoint
         _check_out_dir(self.out_dir)
-        self.dir = stream_dir(self.out_dir, table, stream_id)
-        self.staging = self.out_dir / STAGING_DIR / self.spec.name / stream_id
+        self.dir = stream_dir(self.out_dir, table, job_id, stream_id)
+        self.staging = staging_dir(self.out_dir, table, job_id, stream_id)
         _make_dir(self.out_dir, self.dir)
         _make_dir(self.out_dir, self.staging)
         self._seq = self._next_free_seq()
-        self._ordinal = 0
+        self._ordinal = first_ordinal
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._closed = False
+        self._broken: str | None = None
 
     def _next_free_seq(self) -> int:
         """First sequence number unused by this epoch, so reopening a writer never reuses a name."""
         seqs = [
             int(m["seq"])
-            for entry in os.scandir(self.dir)
+            for folder in (self.dir, self.staging)
+            for entry in os.scandir(folder)
             if (m := PART_NAME_RE.fullmatch(entry.name)) and int(m["epoch"]) == self.epoch
         ]
         return max(seqs, default=-1) + 1
@@ -178,9 +237,8 @@ class PartWriter:
         return self._buffered
 
     def append(self, rows: pa.Table) -> list[CommittedPart]:
-        """Buffer `rows`; publish full parts once `max_rows` are buffered. Returns what was published."""
-        if self._closed:
-            raise RuntimeError(f"{self.spec.name} writer of stream {self.stream_id!r} is closed")
+        """Buffer `rows`; commit full parts once `max_rows` are buffered. Returns what was committed."""
+        self._check_usable()
         rows = self._conform(rows)
         if rows.num_rows:
             self._buffer.append(rows)
@@ -191,11 +249,14 @@ class PartWriter:
         return committed
 
     def flush(self) -> list[CommittedPart]:
-        """Publish everything buffered (e.g. on a timer for live streams), in parts of at most `max_rows`.
+        """Commit everything buffered (e.g. on a timer for live streams), in parts of at most `max_rows`.
 
-        If a part fails, the parts before it in the same call stay published and were already passed to
-        `on_commit`; that is why recording belongs in `on_commit` rather than in the returned list.
+        If a part fails, the parts before it in the same call stay committed and were already recorded;
+        that is why recording belongs in the recorder rather than in the returned list.
         """
+        if self._closed:
+            return []
+        self._check_usable()
         return self._write(full_parts_only=False)
 
     def close(self) -> list[CommittedPart]:
@@ -218,6 +279,15 @@ class PartWriter:
         else:
             self._closed = True
 
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.spec.name} writer of stream {self.stream_id!r} is closed")
+        if self._broken is not None:
+            raise RuntimeError(
+                f"{self.spec.name} writer of stream {self.stream_id!r} stopped after {self._broken}; "
+                "start a new attempt from the committed position"
+            )
+
     def _conform(self, rows: pa.Table) -> pa.Table:
         schema = self.spec.schema
         if not rows.schema.equals(schema, check_metadata=False):
@@ -227,9 +297,13 @@ class PartWriter:
                 )
             rows = rows.select(schema.names).cast(schema)
         if rows.num_rows:
-            ids = rows["stream_id"].cast(pa.string())
-            if ids.null_count or not pc.all(pc.equal(ids, self.stream_id)).as_py():
-                raise ValueError(f"rows for another stream given to the writer of stream {self.stream_id!r}")
+            for column, expected in (("stream_id", self.stream_id), ("job_id", self.job_id)):
+                ids = rows[column]
+                if ids.null_count or not pc.all(pc.equal(ids, expected)).as_py():
+                    raise ValueError(
+                        f"rows of another {column.split('_')[0]} given to the {self.spec.name} writer of "
+                        f"job {self.job_id!r} stream {self.stream_id!r}"
+                    )
         return rows
 
     def _cut(self, table: pa.Table) -> int:
@@ -253,49 +327,104 @@ class PartWriter:
         while pending.num_rows and (not full_parts_only or pending.num_rows >= self.max_rows):
             cut = self._cut(pending)
             part = pending.slice(0, cut)
-            committed.append(self._publish(part))  # on failure the buffer still holds `pending`
+            committed.append(self._commit(part))  # on failure before the record the buffer holds `pending`
             pending = pending.slice(cut)
             self._buffer, self._buffered = ([pending] if pending.num_rows else []), pending.num_rows
         return committed
 
-    def _publish(self, part: pa.Table) -> CommittedPart:
+    def _describe(self, part: pa.Table) -> CommittedPart:
+        last_pts: float | None = None
         if self.spec.frame_keyed:
             frames = part["frame_index"].to_numpy()
             first, last = int(frames[0]), int(frames[-1])
             n_frames = int(np.count_nonzero(np.diff(frames)) + 1)
+            last_pts = float(part["pts_seconds"][part.num_rows - 1].as_py())
         else:
             first, last, n_frames = self._ordinal, self._ordinal + part.num_rows - 1, 0
         final = self.dir / part_name(first, last, self.epoch, self._seq)
-        if final.exists():
+        return CommittedPart(
+            final,
+            self.spec.name,
+            self.job_id,
+            self.stream_id,
+            first,
+            last,
+            part.num_rows,
+            n_frames,
+            self.epoch,
+            last_pts,
+        )
+
+    def _commit(self, part: pa.Table) -> CommittedPart:
+        record = self._describe(part)
+        staged = self.staging / record.name
+        if record.path.exists() or staged.exists():
             raise PartWriteError(
                 None,
-                f"{final} already exists: another writer of stream {self.stream_id!r} uses epoch "
+                f"{record.path} already exists: another writer of stream {self.stream_id!r} uses epoch "
                 f"{self.epoch}; bump the writer epoch in the job store before restarting a writer",
-                final,
+                record.path,
             )
-        self._write_file(part, final)
-        record = CommittedPart(
-            final, self.spec.name, self.stream_id, first, last, part.num_rows, n_frames, self.epoch
-        )
-        if self.on_commit is not None:
-            try:
-                self.on_commit(record)
-            except BaseException:
-                final.unlink(missing_ok=True)
-                _fsync_dir(self.dir)
+        self._stage(part, staged, record.path)
+        self._hit("staged")
+        if self.recorder is not None:
+            self._record(record, staged)
+            self._hit("recorded")
+        try:
+            publish_staged(staged, record.path)
+        except FileNotFoundError:
+            # A new attempt's recovery saw the record and published the part first: it is in place.
+            if not record.path.exists():
+                self._broken = f"committed part {record.name} vanished from staging"
                 raise
+        except OSError as exc:
+            # Committed but not visible yet: the next attempt publishes it from staging.
+            self._broken = f"publishing committed part {record.name} failed ({exc.strerror or exc})"
+            raise
+        self._hit("published")
         self._seq += 1
         if not self.spec.frame_keyed:
             self._ordinal += part.num_rows
         return record
 
-    def _write_file(self, part: pa.Table, final: Path) -> None:
+    def _record(self, record: CommittedPart, staged: Path) -> None:
+        assert self.recorder is not None
+        try:
+            self.recorder.record(record)
+            return
+        except CommitRejected:
+            staged.unlink(missing_ok=True)  # provably never committed: the store refused this epoch
+            self._broken = f"the job store rejected part {record.name}"
+            raise
+        except Exception as error:
+            failure = error
+        # The record's reply was lost or the store was unreachable: read the record back before
+        # deciding anything; a part is never deleted on a guess.
+        try:
+            recorded = self.recorder.is_recorded(record)
+        except Exception as error:
+            self._broken = f"the commit of part {record.name} could not be confirmed"
+            raise CommitUncertain(
+                f"could not record part {record.name} of stream {self.stream_id!r} ({failure}) nor read "
+                f"the record back ({error}); its staged file stays for the next attempt to resolve"
+            ) from failure
+        if not recorded:
+            self._broken = f"recording part {record.name} failed"
+            raise CommitUncertain(
+                f"recording part {record.name} of stream {self.stream_id!r} failed ({failure}); its staged "
+                "file stays for the next attempt to resolve by the record"
+            ) from failure
+
+    def _hit(self, point: str) -> None:
+        if self.failpoint is not None:
+            self.failpoint(point)
+
+    def _stage(self, part: pa.Table, staged: Path, final: Path) -> None:
         sink = pa.BufferOutputStream()
         pq.write_table(part, sink, compression=self.compression, row_group_size=max(part.num_rows, 1))
         data = memoryview(sink.getvalue())
-        tmp = self.staging / f".{final.name}.{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 offset = 0
                 while offset < len(data):
@@ -303,38 +432,50 @@ class PartWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
+            _fsync_dir(self.staging)  # the staged file must outlive a crash once the part is recorded
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
             hint = "the disk is full; free space and flush again" if exc.errno == 28 else "flush again"
             raise PartWriteError(
                 exc.errno,
                 f"could not write {final} ({part.num_rows} rows of stream {self.stream_id!r}): "
-                f"{exc.strerror or exc}; nothing was published and the rows stay buffered: {hint}",
+                f"{exc.strerror or exc}; nothing was committed and the rows stay buffered: {hint}",
                 final,
             ) from exc
-        _fsync_dir(self.dir)
 
 
-def remove_unrecorded_parts(
-    out_dir: str | Path, table: str, stream_id: str, recorded: Collection[str]
-) -> list[Path]:
-    """Delete one stream's parts whose names the job store never recorded, and its stale staging files.
+def recover_staged_parts(
+    out_dir: str | Path, table: str, job_id: str, stream_id: str, recorded: Collection[str]
+) -> Recovery:
+    """Finish or roll back what an earlier writer of this job's stream left in staging.
 
-    Call after bumping the writer epoch and before the new writer starts: a crash between publishing a
-    part and recording it leaves a visible part the job will write again, which readers would count twice.
+    Call only after taking a new writer epoch: from then on a staged part that is not recorded can never
+    be recorded (the store rejects its epoch), so it is removed; a recorded one is committed and is
+    published. Only this job's own staging directory is touched; a published part is never removed.
     """
-    removed: list[Path] = []
-    directory = stream_dir(out_dir, table, stream_id)
-    if directory.is_dir():
-        for entry in os.scandir(directory):
-            if PART_NAME_RE.fullmatch(entry.name) and entry.name not in recorded:
-                Path(entry.path).unlink(missing_ok=True)
-                removed.append(Path(entry.path))
-        if removed:
-            _fsync_dir(directory)
-    staging = Path(out_dir) / STAGING_DIR / table_spec(table).name / stream_id
-    if staging.is_dir():
-        for entry in os.scandir(staging):
-            Path(entry.path).unlink(missing_ok=True)
-    return removed
+    recovery = Recovery()
+    staging = staging_dir(out_dir, table, job_id, stream_id)
+    if not staging.is_dir():
+        return recovery
+    final_dir = stream_dir(out_dir, table, job_id, stream_id)
+    for entry in os.scandir(staging):
+        if not PART_NAME_RE.fullmatch(entry.name):
+            continue
+        staged = Path(entry.path)
+        if entry.name not in recorded:
+            staged.unlink(missing_ok=True)
+            recovery.removed.append(staged)
+            continue
+        final = final_dir / entry.name
+        if final.exists():  # published by a writer that died before it noticed; same bytes
+            staged.unlink(missing_ok=True)
+            continue
+        final_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            publish_staged(staged, final)
+        except FileNotFoundError:  # a slower writer of the old epoch just published it itself
+            continue
+        recovery.published.append(final)
+    if recovery.removed:
+        _fsync_dir(staging)
+    return recovery

@@ -67,6 +67,6 @@ def test_decoders_and_replicas_run_on_different_nodes(
         assert stream.replica_nodes and all("model_node" in nodes[n] for n in stream.replica_nodes)
         assert stream.node_id not in stream.replica_nodes
     counts = duckdb.sql(
-        f"SELECT stream_id, count(DISTINCT frame_index) FROM read_parquet('{tmp_path}/class_areas/*/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
+        f"SELECT stream_id, count(DISTINCT frame_index) FROM read_parquet('{tmp_path}/class_areas/**/*.parquet') GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert counts == [("river", 4), ("street", 6)]

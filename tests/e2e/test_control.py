@@ -33,7 +33,7 @@ def committed_frames(out: Path) -> list[int]:
     return [
         row[0]
         for row in duckdb.sql(
-            f"SELECT DISTINCT frame_index FROM read_parquet('{out}/class_areas/*/*.parquet', hive_partitioning=true) ORDER BY 1"
+            f"SELECT DISTINCT frame_index FROM read_parquet('{out}/class_areas/**/*.parquet') ORDER BY 1"
         ).fetchall()
     ]
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import psutil
 import pytest
 import ray
@@ -27,10 +28,13 @@ import yaml
 
 from actors.decoder import DecoderSettings, actor_name
 from actors.job import JobOutcome, run_job
+from actors.writer import WriterRestarted
+from pipeline.frames import FrameAreas
 from pipeline.jobs.redis_server import EmbeddedRedis, resolve_redis
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.state import JobStore
 from pipeline.sample_video import write_sample_video
+from pipeline.storage.stream_sink import StreamSink
 
 SAMPLED = {"alpha": 40, "beta": 30}  # frames each stream analyses (every frame of 4 s and 3 s at 10 fps)
 RNG = random.Random(20261126)
@@ -40,6 +44,15 @@ KILL_POINTS = {
     "replica": sorted(RNG.sample(range(2, 30), 2)),
     "redis": sorted(RNG.sample(range(2, 30), 1)),
 }
+# Crash points of the commit protocol (stage, record, publish): each must leave a reader exactly the
+# undisturbed rows. Seeded like the kill points above.
+COMMIT_FAULTS = [
+    "crash-after-staging",
+    "crash-between-record-and-publish",
+    "lost-commit-reply",
+    "zombie-writer",
+]
+COMMIT_FAULT_POINTS = [RNG.randrange(2, 24) for _ in COMMIT_FAULTS]
 COMPARED = {
     "class_areas": "stream_id, frame_index, pts_seconds, class_id, class_name, pixels, fraction",
     "frames": "stream_id, frame_index, pts_seconds, width, height",
@@ -85,7 +98,7 @@ SETTINGS = DecoderSettings(max_in_flight=4, flush_frames=4, poll_s=0.2)
 
 def table_rows(out: Path, table: str) -> list[tuple]:
     return duckdb.sql(
-        f"SELECT {COMPARED[table]} FROM read_parquet('{out}/{table}/*/*.parquet', hive_partitioning=true) "
+        f"SELECT {COMPARED[table]} FROM read_parquet('{out}/{table}/**/*.parquet') "
         "ORDER BY stream_id, frame_index" + (", class_id" if table == "class_areas" else "")
     ).fetchall()
 
@@ -174,7 +187,48 @@ def restart_redis(out: Path) -> Callable[[JobStore, str], None]:
     return inject
 
 
+def arm_writer(point: str, action: str) -> Callable[[JobStore, str], None]:
+    """Crash the real writer of stream alpha (or lose a reply) at a step of its next part commit."""
+
+    def inject(store: JobStore, job_id: str) -> None:
+        writer = ray.get_actor(actor_name(job_id, "alpha", "writer"))
+        ray.get(writer.arm_failpoint.remote(point, action))
+        if action == "lose_reply":  # the writer lives on: wait until the reply was really lost once
+            deadline = time.monotonic() + 60
+            while ray.get(writer.armed_failpoints.remote()):
+                assert time.monotonic() < deadline, f"failpoint {point} never hit"
+                time.sleep(0.05)
+
+    return inject
+
+
+def zombie_writer(out: Path) -> Callable[[JobStore, str], None]:
+    """A writer of an old epoch that keeps writing after a new attempt began: it takes an epoch (which
+    fences the real writer off, so the real stream starts a new attempt with a newer epoch), then keeps
+    appending made-up rows for frames the stream has not committed yet. None of them may become visible."""
+
+    def inject(store: JobStore, job_id: str) -> None:
+        zombie = StreamSink(out, job_id, "alpha", ["sky", "road", "car"], store, commit_interval_s=0.0)
+        start = zombie.begin()
+        deadline = time.monotonic() + 60
+        while store.writer_epoch(job_id, "alpha") <= start.epoch:  # the real stream began again
+            assert time.monotonic() < deadline, "the real writer never started a new attempt"
+            time.sleep(0.05)
+        bogus = [
+            FrameAreas("alpha", i, i / 10, 64, 96, np.array([1, 2, 64 * 96 - 3]), 0.0)
+            for i in range(start.next_frame, SAMPLED["alpha"])
+        ]
+        with pytest.raises(WriterRestarted):
+            zombie.append(bogus, [time.time()] * len(bogus), start.epoch, commit=True)
+        assert not any(
+            staged.is_file() for staged in (out / "_staging" / job_id).rglob(f"*-{start.epoch:06d}-*")
+        )
+
+    return inject
+
+
 CASES = [(kind, point) for kind, points in KILL_POINTS.items() for point in points]
+CASES += [(kind, point) for kind, point in zip(COMMIT_FAULTS, COMMIT_FAULT_POINTS, strict=True)]
 
 
 @pytest.mark.parametrize(("kind", "point"), CASES, ids=[f"{k}-at-{p}" for k, p in CASES])
@@ -186,14 +240,22 @@ def test_output_after_a_fault_equals_the_undisturbed_run(
         "writer": kill_actor("writer"),
         "replica": kill_replica,
         "redis": restart_redis(tmp_path),
+        "crash-after-staging": arm_writer("staged", "crash"),
+        "crash-between-record-and-publish": arm_writer("recorded", "crash"),
+        "lost-commit-reply": arm_writer("record_reply", "lose_reply"),
+        "zombie-writer": zombie_writer(tmp_path),
     }[kind]
     outcome = run_with_fault(tmp_path, f"fault-{kind}-{point}", fault_videos, point, inject)
     assert outcome.status == "completed", outcome
     assert {s.status for s in outcome.streams.values()} == {"completed"}
     for table in COMPARED:
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after killing the {kind}"
-    if kind in ("writer", "replica"):
+    if kind in ("writer", "replica") or kind.startswith(("crash", "zombie")):
         assert outcome.streams["alpha"].recoveries >= 1 or outcome.streams["beta"].recoveries >= 1
+    if kind == "lost-commit-reply":  # resolved by reading the record back: no new attempt was needed
+        assert outcome.streams["alpha"].recoveries == 0
+    # Nothing is left in staging: every staged part was published or rolled back by the record.
+    assert not [p for p in (tmp_path / "_staging").rglob("*") if p.is_file()]
 
 
 DRIVER_KILL_POINTS = sorted(RNG.sample(range(3, 30), 2))

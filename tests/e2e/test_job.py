@@ -79,7 +79,7 @@ def finished(
 
 def read(out: Path, sql: str) -> list[tuple]:
     return duckdb.sql(
-        sql.format(areas=f"read_parquet('{out}/class_areas/*/*.parquet', hive_partitioning=true)")
+        sql.format(areas=f"read_parquet('{out}/class_areas/**/*.parquet')")
     ).fetchall()
 
 
@@ -183,12 +183,12 @@ def test_status_json_after_the_run_exited(
 def test_frames_and_vocabulary_tables(finished: tuple[JobOutcome, Path, Path]) -> None:
     _, out, _ = finished
     frames = duckdb.sql(
-        f"SELECT stream_id, count(*), min(width), min(height), min(latency_seconds) FROM read_parquet('{out}/frames/*/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
+        f"SELECT stream_id, count(*), min(width), min(height), min(latency_seconds) FROM read_parquet('{out}/frames/**/*.parquet') GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert frames[0][:4] == ("river", 8, 96, 64) and frames[1][:4] == ("street", 12, 128, 96)
     assert all(row[4] > 0 for row in frames)
     vocab = duckdb.sql(
-        f"SELECT stream_id, list(class_name ORDER BY class_id) FROM read_parquet('{out}/vocabularies/*/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
+        f"SELECT stream_id, list(class_name ORDER BY class_id) FROM read_parquet('{out}/vocabularies/**/*.parquet') GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert dict(vocab) == {"missing": ["x"], "river": RIVER, "street": STREET, "text": ["y"]}
 
@@ -196,7 +196,7 @@ def test_frames_and_vocabulary_tables(finished: tuple[JobOutcome, Path, Path]) -
 def test_stream_errors_are_queryable_in_parquet(finished: tuple[JobOutcome, Path, Path]) -> None:
     _, out, _ = finished
     rows = duckdb.sql(
-        f"SELECT stream_id, kind, message FROM read_parquet('{out}/errors/*/*.parquet', hive_partitioning=true) ORDER BY 1"
+        f"SELECT stream_id, kind, message FROM read_parquet('{out}/errors/**/*.parquet') ORDER BY 1"
     ).fetchall()
     assert [(r[0], r[1]) for r in rows] == [("missing", "SourceNotFound"), ("text", "NotAVideo")]
     assert "missing.mp4" in rows[0][2]

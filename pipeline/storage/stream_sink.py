@@ -1,0 +1,234 @@
+"""A stream's output in one place: frame areas in, committed `class_areas`, `frames`, `vocabularies` and
+`gaps` parts out, each part recorded in the job store before it is published.
+
+Every attempt at a stream (first start, a restarted writer, a decoder starting over after a failure, a
+resumed job) begins with `begin()`: it takes a new writer epoch from the job store, finishes or rolls back
+what earlier attempts left in staging (`recover_staged_parts`), drops whatever was buffered and answers the
+first frame still needed. The store accepts commits only under the newest epoch, so a writer of an older
+attempt can never commit, and therefore never publish, anything.
+
+No Ray here: `actors.writer.StreamWriter` runs one of these per stream as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+from pipeline.frames import FrameAreas
+from pipeline.jobs.state import JobStore
+from pipeline.storage.recorder import StreamRecorder
+from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
+from pipeline.storage.writer import (
+    CommitRejected,
+    CommittedPart,
+    CommitUncertain,
+    PartWriter,
+    recover_staged_parts,
+)
+
+DEFAULT_COMMIT_INTERVAL_S = 10.0
+FRAME_TABLES = ("class_areas", "frames")
+SINK_TABLES = (*FRAME_TABLES, "vocabularies", "gaps")
+#: Where fault tests may crash or disturb a writer: the part writer's steps and the record's reply.
+FAILPOINTS = ("staged", "recorded", "published", "record_reply")
+FAILPOINT_ACTIONS = ("crash", "lose_reply")
+T = TypeVar("T")
+
+
+class WriterRestarted(RuntimeError):
+    """The caller's attempt is over: the writer began a new attempt since the caller's `begin()` (Ray
+    restarted it after a crash), another writer took the stream over, or a commit could not be confirmed.
+    Rows the caller sent may not be committed, so the caller must start over from `begin()`."""
+
+
+@dataclass(frozen=True)
+class WriterStart:
+    """Where a new attempt at a stream starts, as `StreamSink.begin` answers it.
+
+    Attributes:
+        next_frame: first frame index not yet committed in every frame table.
+        epoch: the attempt's writer epoch; pass it to every later call.
+        last_pts: `pts_seconds` of the last committed frame (None before the first commit): a live
+            stream continues its timeline after it and reports what was lost since as a gap.
+    """
+
+    next_frame: int
+    epoch: int
+    last_pts: float | None
+
+
+class _FaultyRecorder(StreamRecorder):
+    """A recorder that can lose the reply of a successful record, for fault tests."""
+
+    def __init__(self, sink: StreamSink) -> None:
+        super().__init__(sink.store, sink.job_id, sink.stream_id)
+        self.sink = sink
+
+    def record(self, part: CommittedPart) -> None:
+        super().record(part)
+        self.sink.failpoint("record_reply")
+
+
+class StreamSink:
+    """Writes one stream's tables (and label PNGs on request) and records each commit.
+
+    Args:
+        out_dir: job output directory.
+        job_id, stream_id: what the rows belong to.
+        vocabulary: the stream's class names; `class_id` c is `vocabulary[c]`.
+        store: the job store (commit records, epochs).
+        commit_interval_s: longest time rows stay buffered between the caller's calls.
+        max_rows: rows per part at most.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        job_id: str,
+        stream_id: str,
+        vocabulary: Sequence[str],
+        store: JobStore,
+        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
+        max_rows: int = 250_000,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.job_id = job_id
+        self.stream_id = stream_id
+        self.vocabulary = list(vocabulary)
+        self.store = store
+        self.commit_interval_s = commit_interval_s
+        self.max_rows = max_rows
+        self.armed: dict[str, tuple[str, int]] = {}
+        self.epoch = 0
+        self.writers: dict[str, PartWriter] = {}
+
+    # fault injection ------------------------------------------------------------------------------
+    def arm_failpoint(self, point: str, action: str, skip: int = 0) -> None:
+        """Make the (`skip`+1)-th pass through `point` do `action`: "crash" ends the process at once (as
+        a power cut would), "lose_reply" (at "record_reply") raises as if the record's reply was lost."""
+        if point not in FAILPOINTS or action not in FAILPOINT_ACTIONS:
+            raise ValueError(
+                f"failpoint {point!r}/{action!r}; points {FAILPOINTS}, actions {FAILPOINT_ACTIONS}"
+            )
+        self.armed[point] = (action, skip)
+
+    def failpoint(self, point: str) -> None:
+        if point not in self.armed:
+            return
+        action, skip = self.armed[point]
+        if skip > 0:
+            self.armed[point] = (action, skip - 1)
+            return
+        del self.armed[point]
+        if action == "crash":
+            os._exit(137)
+        raise ConnectionError(f"reply lost at {point} (fault injection)")
+
+    # attempts -------------------------------------------------------------------------------------
+    def begin(self) -> WriterStart:
+        """Start a fresh attempt (see the module docstring)."""
+        job_id, stream_id = self.job_id, self.stream_id
+        self.epoch = self.store.bump_writer_epoch(job_id, stream_id)
+        recorder = _FaultyRecorder(self)
+        self.writers = {}
+        for table in SINK_TABLES:
+            recorded = {part["part"] for part in self.store.committed_parts(job_id, stream_id, table)}
+            recover_staged_parts(self.out_dir, table, job_id, stream_id, recorded)
+            self.writers[table] = PartWriter(
+                self.out_dir,
+                table,
+                job_id,
+                stream_id,
+                epoch=self.epoch,
+                max_rows=self.max_rows,
+                recorder=recorder,
+                failpoint=self.failpoint,
+            )
+        if not self.store.committed_parts(job_id, stream_id, "vocabularies"):
+            self.writers["vocabularies"].append(vocabulary_rows(job_id, stream_id, self.vocabulary))
+            self._guarded(self.writers["vocabularies"].flush)
+        # Per table, the last frame already committed: rows at or below it are dropped, so frames replayed
+        # after a crash between the two tables' commits end up exactly once in each table.
+        self.committed = {
+            table: self.store.committed_frames(job_id, stream_id, table) for table in FRAME_TABLES
+        }
+        self.last_commit = time.monotonic()
+        return WriterStart(
+            min(self.committed.values()) + 1, self.epoch, self.store.committed_last_pts(job_id, stream_id)
+        )
+
+    def _check_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            raise WriterRestarted(f"writer of {self.stream_id} is at epoch {self.epoch}, caller at {epoch}")
+
+    def _guarded(self, commit: Callable[[], T]) -> T:
+        """Run a commit; a rejected or unconfirmed commit ends the caller's attempt (see WriterRestarted)."""
+        try:
+            return commit()
+        except (CommitRejected, CommitUncertain) as error:
+            self.epoch = -1  # every later call of this attempt fails until the next begin()
+            raise WriterRestarted(str(error)) from error
+
+    def append(
+        self, areas: list[FrameAreas], wall_times: list[float], epoch: int, commit: bool = False
+    ) -> int:
+        """Buffer analysed frames (in frame order); commits when `commit` is set (the caller's flush
+        interval passed) or the sink's own interval has passed. Returns frames committed by this call."""
+        self._check_epoch(epoch)
+        fresh = [a for a in areas if a.frame_index > self.committed["class_areas"]]
+        if fresh:
+            self._guarded(
+                lambda: self.writers["class_areas"].append(
+                    class_area_table(fresh, self.vocabulary, self.job_id)
+                )
+            )
+        timed = [
+            (a, t) for a, t in zip(areas, wall_times, strict=True) if a.frame_index > self.committed["frames"]
+        ]
+        if timed:
+            rows = frame_rows([a for a, _ in timed], [t for _, t in timed], self.job_id)
+            self._guarded(lambda: self.writers["frames"].append(rows))
+        for item in fresh:
+            if item.labels is not None:
+                self._write_labels(item)
+        if commit or time.monotonic() - self.last_commit >= self.commit_interval_s:
+            return self.flush()
+        return 0
+
+    def add_gaps(self, rows: list[dict[str, object]], epoch: int) -> None:
+        """Record outages of a live source; they are rare and small, so each batch is committed at once."""
+        self._check_epoch(epoch)
+        gaps = self.writers["gaps"]
+        self._guarded(lambda: gaps.append(records_table("gaps", rows)))
+        self._guarded(gaps.flush)
+
+    def _write_labels(self, item: FrameAreas) -> None:
+        folder = self.out_dir / "labels" / self.job_id / self.stream_id
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"frame-{item.frame_index:012d}.png"
+        temp = folder / f".{final.name}.tmp"
+        Image.fromarray(np.ascontiguousarray(item.labels)).save(temp, format="PNG")
+        temp.replace(final)
+
+    def flush(self) -> int:
+        """Commit everything buffered; frames table first so a committed class-area frame always has
+        its frame row. Returns frames committed to `class_areas`."""
+        self._guarded(self.writers["frames"].flush)
+        parts = self._guarded(self.writers["class_areas"].flush)
+        self.last_commit = time.monotonic()
+        return sum(part.frames for part in parts)
+
+    def close(self, epoch: int) -> int:
+        self._check_epoch(epoch)
+        committed = self.flush()
+        for writer in self.writers.values():
+            self._guarded(writer.close)
+        return committed
