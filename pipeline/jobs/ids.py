@@ -1,8 +1,8 @@
 """Job and stream identifiers.
 
-Stream ids end up in hive partition directory names (`OUT/<table>/stream_id=<id>/`) and ids of both
-kinds in Redis key names (`sanstream:job:<job_id>:stream:<stream_id>`), so one rule keeps both safe: a
-short run of `[A-Za-z0-9._-]` that does not start with `.` or `_`, and is not a reserved partition value.
+Ids of both kinds end up in directory names (`OUT/<table>/<job_id>/<stream_id>/`) and in Redis key names
+(`sanstream:job:<job_id>:stream:<stream_id>`), so one rule keeps both safe: a short run of
+`[A-Za-z0-9._-]` that does not start with `.` or `_`, and is not a reserved partition value.
 
 * No `/`, `\\`, `:` or `=`: an id can neither escape the output directory, nor collide with a key
   separator, nor be mistaken for (or nest) a hive `key=value` partition.
