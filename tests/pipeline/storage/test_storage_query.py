@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.storage.query import connect, run_sql, summary
 from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
-from pipeline.storage.schema import TABLES, stream_dir
+from pipeline.storage.schema import TABLES, job_dir
 from pipeline.storage.writer import PartWriter
 
 # Per stream: vocabulary and per-frame pixel counts on a 10x10 frame.
@@ -19,9 +19,9 @@ DATA = {
 def write_dataset(out, make_areas, job_id="job-1"):
     for stream_id, (vocab, frames) in DATA.items():
         areas = [make_areas(stream_id, i, px) for i, px in enumerate(frames)]
-        with PartWriter(out, "class_areas", stream_id, max_rows=4) as writer:
+        with PartWriter(out, "class_areas", job_id, stream_id, max_rows=4) as writer:
             writer.append(class_area_table(areas, vocab, job_id))
-        with PartWriter(out, "vocabularies", stream_id) as writer:
+        with PartWriter(out, "vocabularies", job_id, stream_id) as writer:
             writer.append(vocabulary_rows(job_id, stream_id, vocab))
 
 
@@ -62,18 +62,18 @@ def view_types(con, name: str) -> list[tuple[str, str]]:
     return [(column, str(t)) for column, t in zip(relation.columns, relation.types, strict=True)]
 
 
-def write_one_row_per_table(out, make_areas, stream_id="cam-a"):
+def write_one_row_per_table(out, make_areas, stream_id="cam-a", job_id="job-1"):
     areas = [make_areas(stream_id, 0, [60, 40])]
     gap = {"start_pts": 1.0, "end_pts": 2.0, "start_wall": 10.0, "end_wall": 11.0, "reason": "reconnect"}
     error = {"time": 5.0, "kind": "decode", "message": "boom"}
     for table, rows in {
-        "class_areas": class_area_table(areas, ["sky", "car"], "job-1"),
-        "frames": frame_rows(areas, [100.0], "job-1"),
-        "vocabularies": vocabulary_rows("job-1", stream_id, ["sky", "car"]),
-        "errors": records_table("errors", [{"job_id": "job-1", "stream_id": stream_id, **error}]),
-        "gaps": records_table("gaps", [{"job_id": "job-1", "stream_id": stream_id, **gap}]),
+        "class_areas": class_area_table(areas, ["sky", "car"], job_id),
+        "frames": frame_rows(areas, [100.0], job_id),
+        "vocabularies": vocabulary_rows(job_id, stream_id, ["sky", "car"]),
+        "errors": records_table("errors", [{"job_id": job_id, "stream_id": stream_id, **error}]),
+        "gaps": records_table("gaps", [{"job_id": job_id, "stream_id": stream_id, **gap}]),
     }.items():
-        with PartWriter(out, table, stream_id) as writer:
+        with PartWriter(out, table, job_id, stream_id) as writer:
             writer.append(rows)
 
 
@@ -84,8 +84,9 @@ def test_views_exist_before_any_data_with_the_right_columns(tmp_path, make_areas
         table = con.sql(f"SELECT * FROM {name}").to_arrow_table()
         assert table.num_rows == 0
         assert table.schema.names == spec.schema.names
-        # stream_id is stored dictionary-encoded but, as for any hive key, DuckDB reads it as VARCHAR
-        expected = [(f.name, "VARCHAR" if f.name == "stream_id" else SQL_TYPES[f.type]) for f in spec.schema]
+        # every column, ids included, has the type it is stored with: ids are plain strings
+        expected = [(f.name, SQL_TYPES[f.type]) for f in spec.schema]
+        assert expected[:2] == [("job_id", "VARCHAR"), ("stream_id", "VARCHAR")]
         assert view_types(con, name) == expected
         assert table.schema.field("stream_id").type == pa.string()
         empty[name] = expected
@@ -99,16 +100,70 @@ def test_views_exist_before_any_data_with_the_right_columns(tmp_path, make_areas
         assert con.sql(f"SELECT DISTINCT stream_id FROM {name}").fetchall() == [("cam-a",)]
 
 
-def test_a_view_filter_on_stream_id_reads_only_that_partition(tmp_path, make_areas):
-    write_dataset(tmp_path, make_areas)
-    sql = "SELECT stream_id, count(*) AS n FROM class_areas WHERE stream_id = ? GROUP BY 1"
-    assert run_sql(tmp_path, sql, ["cam-a"]).to_pylist() == [{"stream_id": "cam-a", "n": 6}]
-    # Garbage in cam-b's parts: only a reader that opens them fails, so the filtered query proves pruning.
-    for path in stream_dir(tmp_path, "class_areas", "cam-b").iterdir():
-        path.write_bytes(b"not parquet")
-    assert run_sql(tmp_path, sql, ["cam-a"]).to_pylist() == [{"stream_id": "cam-a", "n": 6}]
+def corrupt_job(out, job_id):
+    """Garbage in every part of every table of `job_id`: any reader that opens one of them fails."""
+    for table in TABLES:
+        for path in job_dir(out, table, job_id).rglob("*.parquet"):
+            path.write_bytes(b"not parquet")
+
+
+def test_a_job_filter_opens_only_that_jobs_directory(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas, job_id="job-1")
+    write_dataset(tmp_path, make_areas, job_id="job-2")  # same stream ids, another job
+    write_one_row_per_table(tmp_path, make_areas, stream_id="cam-a", job_id="job-3")
+    sql = "SELECT job_id, stream_id, count(*) AS n FROM class_areas GROUP BY ALL ORDER BY ALL"
+    both = run_sql(tmp_path, sql).to_pylist()
+    assert [(r["job_id"], r["stream_id"], r["n"]) for r in both] == [
+        ("job-1", "cam-a", 6),
+        ("job-1", "cam-b", 6),
+        ("job-2", "cam-a", 6),
+        ("job-2", "cam-b", 6),
+        ("job-3", "cam-a", 2),
+    ]
+    assert run_sql(tmp_path, sql, job_id="job-2").to_pylist() == [r for r in both if r["job_id"] == "job-2"]
+    # Garbage in every other job's parts: only a reader that opens them fails, so a job-filtered query
+    # that still works proves those files are never opened (not just filtered out).
+    corrupt_job(tmp_path, "job-1")
+    corrupt_job(tmp_path, "job-3")
+    assert run_sql(tmp_path, sql, job_id="job-2").to_pylist() == [r for r in both if r["job_id"] == "job-2"]
+    assert summary(tmp_path, job_id="job-2").num_rows == 5
+    con = connect(tmp_path, job_id="job-2")
+    for table in TABLES:  # every view, not just the one asked about
+        con.sql(f"SELECT * FROM {table}").fetchall()
+    assert con.sql("SELECT count(*) FROM vocabularies").fetchall() == [(5,)]
     with pytest.raises(duckdb.Error):
         run_sql(tmp_path, "SELECT count(*) FROM class_areas")
+
+
+def test_a_stream_filter_returns_that_streams_rows_of_every_job(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas, job_id="job-1")
+    write_dataset(tmp_path, make_areas, job_id="job-2")
+    sql = "SELECT job_id, stream_id, count(*) AS n FROM class_areas WHERE stream_id = ? GROUP BY ALL ORDER BY ALL"
+    assert run_sql(tmp_path, sql, ["cam-a"]).to_pylist() == [
+        {"job_id": "job-1", "stream_id": "cam-a", "n": 6},
+        {"job_id": "job-2", "stream_id": "cam-a", "n": 6},
+    ]
+    assert run_sql(tmp_path, sql, ["cam-a"], job_id="job-1").to_pylist() == [
+        {"job_id": "job-1", "stream_id": "cam-a", "n": 6}
+    ]
+
+
+def test_summary_groups_by_job_when_jobs_share_stream_ids(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas, job_id="job-1")
+    write_dataset(tmp_path, make_areas, job_id="job-2")
+    rows = summary(tmp_path).to_pylist()
+    assert len(rows) == 10
+    assert [(r["job_id"], r["stream_id"], r["class_id"]) for r in rows] == sorted(
+        (r["job_id"], r["stream_id"], r["class_id"]) for r in rows
+    )
+    assert {r["frames"] for r in rows if r["stream_id"] == "cam-a"} == {3}  # not 6: jobs are not mixed
+
+
+def test_an_invalid_job_id_is_refused_before_any_glob(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas)
+    for bad in ("*", "../job-1", "job-[1]", ""):
+        with pytest.raises(ValueError, match="job id"):
+            connect(tmp_path, job_id=bad)
 
 
 def test_hive_looking_dirs_above_the_output_do_not_override_columns(tmp_path, make_areas):
@@ -128,7 +183,7 @@ def test_views_see_parts_published_after_connecting(tmp_path, make_areas):
     write_dataset(tmp_path, make_areas)
     con = connect(tmp_path)
     before = con.sql("SELECT count(*) FROM class_areas").fetchall()[0][0]
-    with PartWriter(tmp_path, "class_areas", "cam-c") as writer:
+    with PartWriter(tmp_path, "class_areas", "job-1", "cam-c") as writer:
         writer.append(class_area_table([make_areas("cam-c", 0, [100])], ["x"], "job-1"))
     assert con.sql("SELECT count(*) FROM class_areas").fetchall()[0][0] == before + 1
 
@@ -166,3 +221,36 @@ def test_output_path_with_glob_characters(tmp_path, make_areas):
 def test_missing_output_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         connect(tmp_path / "nope")
+
+
+def test_views_never_show_a_staged_part(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas)
+
+    class Crash(Exception):
+        pass
+
+    def crash(point):
+        if point == "staged":
+            raise Crash
+
+    writer = PartWriter(tmp_path, "class_areas", "job-1", "cam-a", epoch=5, failpoint=crash)
+    writer.append(class_area_table([make_areas("cam-a", 99, [100, 0])], ["road", "car"], "job-1"))
+    with pytest.raises(Crash):
+        writer.flush()
+    assert list((tmp_path / "_staging").rglob("*.parquet"))
+    for job_id in (None, "job-1"):
+        assert run_sql(
+            tmp_path, "SELECT max(frame_index) AS m FROM class_areas", job_id=job_id
+        ).to_pylist() == [{"m": 2}]
+
+
+def test_a_job_filtered_connection_sees_that_jobs_new_parts_only(tmp_path, make_areas):
+    write_dataset(tmp_path, make_areas, job_id="job-1")
+    write_dataset(tmp_path, make_areas, job_id="job-2")
+    con = connect(tmp_path, job_id="job-1")
+    before = con.sql("SELECT count(*) FROM class_areas").fetchall()[0][0]
+    for job_id in ("job-1", "job-2"):
+        with PartWriter(tmp_path, "class_areas", job_id, "cam-c") as writer:
+            writer.append(class_area_table([make_areas("cam-c", 0, [100])], ["x"], job_id))
+    assert con.sql("SELECT count(*) FROM class_areas").fetchall()[0][0] == before + 1
+    assert con.sql("SELECT DISTINCT job_id FROM class_areas").fetchall() == [("job-1",)]

@@ -11,7 +11,7 @@ from pipeline.storage.rows import (
     records_table,
     vocabulary_rows,
 )
-from pipeline.storage.schema import CLASS_AREAS, ERRORS, FRAMES, VOCABULARIES
+from pipeline.storage.schema import CLASS_AREAS, ERRORS, FRAMES, GAPS, VOCABULARIES
 
 VOCAB = ["sky", "car", "person", "tree"]
 
@@ -26,6 +26,7 @@ def test_one_row_per_class_including_zeros(make_areas):
     assert rows["fraction"].to_pylist() == [0.6, 0.0, 0.4, 0.0]
     assert set(rows["job_id"].to_pylist()) == {"job-1"}
     assert set(rows["stream_id"].to_pylist()) == {"cam"}
+    assert rows.schema.field("stream_id").type == pa.string()  # plain, not dictionary-encoded
     assert set(rows["frame_index"].to_pylist()) == {7}
     assert set(rows["pts_seconds"].to_pylist()) == {3.5}
 
@@ -63,12 +64,22 @@ def test_frames_and_vocabulary_rows_match_their_schemas(make_areas):
     vocab = vocabulary_rows("job-1", "cam", VOCAB)
     assert vocab.schema.equals(VOCABULARIES)
     assert vocab["class_id"].to_pylist() == [0, 1, 2, 3]
+    for table in (frames, vocab):
+        assert table.schema.field("stream_id").type == pa.string()
+        assert table["stream_id"].to_pylist() == ["cam"] * table.num_rows
 
 
 def test_records_table_checks_columns():
     record = {"job_id": "j", "stream_id": "cam", "time": 1.0, "kind": "decode", "message": "eof"}
     table = records_table("errors", [record])
     assert table.schema.equals(ERRORS)
+    assert table["stream_id"].type == pa.string()
+    gaps = records_table(
+        "gaps",
+        [{"job_id": "j", "stream_id": "007", "start_pts": 1.0, "end_pts": 2.0, "start_wall": 3.0,
+          "end_wall": 4.0, "reason": "reconnect"}],
+    )  # fmt: skip
+    assert gaps.schema.equals(GAPS) and gaps["stream_id"].to_pylist() == ["007"]
     with pytest.raises(ValueError, match="missing"):
         records_table("errors", [{"job_id": "j"}])
     assert isinstance(records_table("gaps", []), pa.Table)
