@@ -13,6 +13,7 @@ No Ray here: `actors.writer.StreamWriter` runs one of these per stream as a Ray 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pipeline.frames import FrameAreas
 from pipeline.jobs.state import JobStore
 from pipeline.storage.recorder import StreamRecorder
 from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
+from pipeline.storage.schema import STAGING_DIR
 from pipeline.storage.writer import (
     CommitRejected,
     CommittedPart,
@@ -40,6 +42,7 @@ SINK_TABLES = (*FRAME_TABLES, "vocabularies", "gaps")
 #: Where fault tests may crash or disturb a writer: the part writer's steps and the record's reply.
 FAILPOINTS = ("staged", "recorded", "published", "record_reply")
 FAILPOINT_ACTIONS = ("crash", "lose_reply")
+LABEL_NAME_RE = re.compile(r"frame-(?P<frame>\d{12})\.png")
 T = TypeVar("T")
 
 
@@ -109,6 +112,7 @@ class StreamSink:
         self.armed: dict[str, tuple[str, int]] = {}
         self.epoch = 0
         self.writers: dict[str, PartWriter] = {}
+        self.areas_through = -1
 
     # fault injection ------------------------------------------------------------------------------
     def arm_failpoint(self, point: str, action: str, skip: int = 0) -> None:
@@ -160,6 +164,8 @@ class StreamSink:
         self.committed = {
             table: self.store.committed_frames(job_id, stream_id, table) for table in FRAME_TABLES
         }
+        self.areas_through = self.committed["class_areas"]
+        self._settle_labels(self.areas_through, drop_rest=True)
         self.last_commit = time.monotonic()
         return WriterStart(
             min(self.committed.values()) + 1, self.epoch, self.store.committed_last_pts(job_id, stream_id)
@@ -187,20 +193,19 @@ class StreamSink:
         self._check_epoch(epoch)
         fresh = [a for a in areas if a.frame_index > self.committed["class_areas"]]
         if fresh:
-            self._guarded(
-                lambda: self.writers["class_areas"].append(
-                    class_area_table(fresh, self.vocabulary, self.job_id)
-                )
-            )
+            rows = class_area_table(fresh, self.vocabulary, self.job_id)
+            self._note_committed(self._guarded(lambda: self.writers["class_areas"].append(rows)))
         timed = [
             (a, t) for a, t in zip(areas, wall_times, strict=True) if a.frame_index > self.committed["frames"]
         ]
         if timed:
-            rows = frame_rows([a for a, _ in timed], [t for _, t in timed], self.job_id)
-            self._guarded(lambda: self.writers["frames"].append(rows))
-        for item in fresh:
-            if item.labels is not None:
-                self._write_labels(item)
+            timed_rows = frame_rows([a for a, _ in timed], [t for _, t in timed], self.job_id)
+            self._guarded(lambda: self.writers["frames"].append(timed_rows))
+        labelled = [item for item in fresh if item.labels is not None]
+        for item in labelled:
+            self._write_labels(item)
+        if labelled:
+            self._settle_labels(self.areas_through, drop_rest=False)
         if commit or time.monotonic() - self.last_commit >= self.commit_interval_s:
             return self.flush()
         return 0
@@ -212,13 +217,38 @@ class StreamSink:
         self._guarded(lambda: gaps.append(records_table("gaps", rows)))
         self._guarded(gaps.flush)
 
+    def _labels_dirs(self) -> tuple[Path, Path]:
+        """(staging, published) folders of the stream's label maps."""
+        staged = self.out_dir / STAGING_DIR / self.job_id / "labels" / self.stream_id
+        return staged, self.out_dir / "labels" / self.job_id / self.stream_id
+
     def _write_labels(self, item: FrameAreas) -> None:
-        folder = self.out_dir / "labels" / self.job_id / self.stream_id
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"frame-{item.frame_index:012d}.png"
-        temp = folder / f".{final.name}.tmp"
+        """Stage a frame's label map; it is published once the frame's areas are committed, so a label
+        PNG in `OUT/labels` always belongs to a committed frame (see `_settle_labels`)."""
+        staged_dir, _ = self._labels_dirs()
+        staged_dir.mkdir(parents=True, exist_ok=True)
+        final = staged_dir / f"frame-{item.frame_index:012d}.png"
+        temp = staged_dir / f".{final.name}.tmp"
         Image.fromarray(np.ascontiguousarray(item.labels)).save(temp, format="PNG")
         temp.replace(final)
+
+    def _settle_labels(self, committed_through: int, *, drop_rest: bool) -> None:
+        """Publish staged label maps of frames committed through `committed_through`; with `drop_rest`
+        (a new attempt: nothing later can still be committed) remove the others."""
+        staged_dir, final_dir = self._labels_dirs()
+        if not staged_dir.is_dir():
+            return
+        for entry in os.scandir(staged_dir):
+            match = LABEL_NAME_RE.fullmatch(entry.name)
+            if match is None:
+                if drop_rest and entry.name.endswith(".png.tmp"):
+                    Path(entry.path).unlink(missing_ok=True)
+                continue
+            if int(match["frame"]) <= committed_through:
+                final_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(entry.path, final_dir / entry.name)
+            elif drop_rest:
+                Path(entry.path).unlink(missing_ok=True)
 
     def flush(self) -> int:
         """Commit everything buffered; frames table first so a committed class-area frame always has
@@ -226,7 +256,14 @@ class StreamSink:
         self._guarded(self.writers["frames"].flush)
         parts = self._guarded(self.writers["class_areas"].flush)
         self.last_commit = time.monotonic()
+        self._note_committed(parts)
+        self._settle_labels(self.areas_through, drop_rest=False)
         return sum(part.frames for part in parts)
+
+    def _note_committed(self, parts: list[CommittedPart]) -> None:
+        """Follow the last committed `class_areas` frame of this attempt (label maps up to it are public)."""
+        if parts:
+            self.areas_through = max(self.areas_through, parts[-1].last_frame)
 
     def close(self, epoch: int) -> int:
         self._check_epoch(epoch)

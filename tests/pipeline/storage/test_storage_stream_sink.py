@@ -8,6 +8,7 @@ touches another job's files, even when both use the same stream ids in one outpu
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import duckdb
@@ -362,3 +363,35 @@ def test_another_job_with_the_same_stream_id_is_never_touched(tmp_path, store):
     a_start = a.begin()
     assert staged(tmp_path, "job-a") == [] and a_start.next_frame == 6
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "job-b" in p.parts} == b_files
+
+
+def labelled(frames: range) -> list[FrameAreas]:
+    return [
+        dataclasses.replace(item, labels=np.full((10, 10), item.frame_index % 3, dtype=np.uint8))
+        for item in areas(frames)
+    ]
+
+
+def test_label_maps_become_visible_only_with_their_committed_frames(tmp_path, job):
+    published = tmp_path / "labels" / JOB / STREAM
+    names = [f"frame-{i:012d}.png" for i in range(6)]
+    sink = make_sink(tmp_path, job)
+    start = sink.begin()
+    sink.append(labelled(range(0, 2)), walls(range(0, 2)), start.epoch)  # 6 rows: buffered, not committed
+    assert not published.exists()
+    assert len(staged(tmp_path)) == 2  # staged under _staging/<job>/labels/<stream>/
+    assert sink.flush() == 2
+    assert sorted(p.name for p in published.iterdir()) == names[:2]
+    sink.append(labelled(range(2, 5)), walls(range(2, 5)), start.epoch)  # a full part (9 rows) commits
+    assert sorted(p.name for p in published.iterdir()) == names[:5]
+    sink.append(labelled(range(5, 6)), walls(range(5, 6)), start.epoch)  # then the writer dies
+
+    again = make_sink(tmp_path, job)
+    start = again.begin()  # frame 5 was never committed: its label map goes, unseen
+    # class_areas holds frames 0..4, `frames` only 0..1 (its part was not full): replay from 2
+    assert start.next_frame == 2
+    assert sorted(p.name for p in published.iterdir()) == names[:5]
+    assert not [p for p in staged(tmp_path) if "labels" in p.parts]
+    again.append(labelled(range(2, 6)), walls(range(2, 6)), start.epoch, commit=True)
+    assert sorted(p.name for p in published.iterdir()) == names
+    assert frame_counts(tmp_path) == once(range(6))
