@@ -5,11 +5,20 @@ Decoding runs in a thread that fills a bounded queue: for files the queue blocks
 lost), for live sources it drops the oldest frame (counted) so a slow pool never makes a camera fall
 behind real time.
 
+Latency: answers are collected as they complete (`InFlight`), not when the in-flight window is full, and
+handed to the writer every `flush_frames` frames or, with `commit=True`, whenever `flush_interval_s` has
+passed since the last commit (`CommitClock`), so a 1 fps camera's rows are in Parquet within that
+interval rather than after `flush_frames` seconds.
+
 Recovery: every attempt starts with `writer.begin()`, which answers the first uncommitted frame, and
 decoding restarts there. If the writer or a replica dies mid-attempt (Ray restarts both), the attempt is
 abandoned and a new one starts from the committed position; if this actor dies, Ray restarts it and
 re-runs `run()`, which does the same. Output stays exactly-once because only committed parts count and the
-writer drops replayed rows at or below the committed frame.
+writer drops replayed rows at or below the committed frame. A file replays from there (seeking to the
+keyframe before it). A live source cannot replay: what the failed attempt analysed but did not commit is
+lost, so the new attempt continues the timeline after the last committed frame and records the loss as a
+`gaps` row (see `ResumePoint`). While a live source cannot connect the stream's status is `reconnecting`,
+with its errors recorded at a bounded rate.
 """
 
 from __future__ import annotations
@@ -37,20 +46,22 @@ from ray.exceptions import (
 )
 from ray.serve.exceptions import RayServeException
 
-from actors.messages import SegmentRequest
-from actors.writer import WriterRestarted
+from actors.flow import CommitClock, CommittedFrame, ConnectionStatus, InFlight
+from actors.messages import SegmentReply, SegmentRequest
+from actors.writer import WriterRestarted, WriterStart
 from pipeline.decode import (
     DecodeError,
     Gap,
     LiveSource,
     ReconnectPolicy,
+    ResumePoint,
     Sampler,
     SourceOptions,
     VideoDecoder,
 )
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
-from pipeline.jobs.spec import StreamSpec
+from pipeline.jobs.spec import DEFAULT_FLUSH_INTERVAL_S, StreamSpec
 from pipeline.jobs.state import JobStore
 
 log = logging.getLogger(__name__)
@@ -76,6 +87,10 @@ class DecoderSettings:
         max_in_flight: frames sent to the pool and not yet answered; enough to fill batches across replicas.
         queue_size: decoded frames waiting to be sent.
         flush_frames: answered frames handed to the writer per call.
+        flush_interval_s: longest time an answered frame waits before it is committed (the job spec's
+            `flush_interval_s`), whatever the frame rate.
+        error_interval_s: least time between two recorded connection errors of a live source that
+            keeps failing to connect; the ones in between are counted in the next record.
         open_timeout_s, read_timeout_s: network source timeouts.
         poll_s: how often cancellation is checked and heartbeats are written.
         max_recoveries: attempts restarted after a writer or replica failure before the stream fails.
@@ -86,6 +101,8 @@ class DecoderSettings:
     max_in_flight: int = 16
     queue_size: int = 32
     flush_frames: int = 32
+    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
+    error_interval_s: float = 30.0
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
     poll_s: float = 0.5
@@ -147,6 +164,15 @@ class StreamDecoder:
         self.settings = settings
         self.return_labels = return_labels
         self.vocabulary = tuple(stream.vocabulary)
+        self.connection = ConnectionStatus(self.store, job_id, stream.id, settings.error_interval_s)
+        # What this instance knows across attempts (a restarted actor starts without it): the last frame
+        # it saw committed, the first frame it sent since (where a loss starts when nothing was
+        # committed yet), why the next attempt follows a loss, and gaps not written yet.
+        self._committed: CommittedFrame | None = None
+        self._last_handed: CommittedFrame | None = None
+        self._first_uncommitted: CommittedFrame | None = None
+        self._loss: str | None = None
+        self._gaps: list[Gap] = []
 
     def pid(self) -> int:
         return os.getpid()
@@ -163,11 +189,13 @@ class StreamDecoder:
                     outcome.status, outcome.error_kind = "failed", type(error).__name__
                     outcome.error = f"{type(error).__name__}: {error}"
                     self.store.record_error(job, sid, outcome.error_kind, outcome.error)
+                    self._loss = f"retry after: {outcome.error}"
                     break
                 failure = error
                 outcome.recoveries += 1
                 cause = failure.__cause__ or failure
                 message = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+                self._loss = f"recovery: {message}"
                 if outcome.recoveries > self.settings.max_recoveries:
                     outcome.status, outcome.error_kind, outcome.error = (
                         "failed",
@@ -190,7 +218,8 @@ class StreamDecoder:
     def _produce(
         self,
         frames: FrameQueue[Frame],
-        start: int,
+        begun: WriterStart,
+        resume: ResumePoint | None,
         failure: list[BaseException],
         counts: dict[str, int],
         stop: threading.Event,
@@ -199,7 +228,7 @@ class StreamDecoder:
         """Decoder thread: fill `frames` from the source; any error is handed to the consumer, which owns
         the stream's state."""
         try:
-            for frame in self._frames(start, stop, gaps, counts):
+            for frame in self._frames(begun, resume, stop, gaps, counts):
                 if stop.is_set():
                     break
                 frames.put(frame)
@@ -211,21 +240,34 @@ class StreamDecoder:
             frames.close()
 
     def _frames(
-        self, start: int, stop: threading.Event, gaps: list[Gap], counts: dict[str, int]
+        self,
+        begun: WriterStart,
+        resume: ResumePoint | None,
+        stop: threading.Event,
+        gaps: list[Gap],
+        counts: dict[str, int],
     ) -> Iterator[Frame]:
         """Sampled frames from the committed position on; `counts["decoded"]` follows the source frames
         decoded so far (sampled or not).
 
-        Files resume at `start` by frame index. A live source reconnects on its own (capped back-off,
-        stall watchdog) and reports outages as gaps; its frame indices count frames as received and are
-        continued here from the committed position."""
+        Files resume at `begun.next_frame` by frame index, seeking there when the committed frame's PTS
+        confirms the file's index (see `pipeline.decode.seek`). A live source reconnects on its own
+        (capped back-off, stall watchdog) and reports outages as gaps; its frame indices count frames as
+        received and are continued here from the committed position, its timeline from the committed
+        frame (`ResumePoint`)."""
+        start = begun.next_frame
         options = SourceOptions(
             open_timeout=self.settings.open_timeout_s, read_timeout=self.settings.read_timeout_s
         )
         sampler = sampler_for(self.stream)
         if not self.stream.live:
             with VideoDecoder(
-                self.stream.source, self.stream.id, sampler, start_frame_index=start, options=options
+                self.stream.source,
+                self.stream.id,
+                sampler,
+                start_frame_index=start,
+                resume_pts=begun.last_pts if start > 0 else None,
+                options=options,
             ) as decoder:
                 for frame in decoder:
                     counts["decoded"] = decoder.stats.frames_decoded
@@ -241,10 +283,31 @@ class StreamDecoder:
             stall_timeout=self.settings.read_timeout_s,
             on_gap=gaps.append,
             stop=stop,
+            resume=resume,
+            on_status=self.connection,
         ) as source:
             for frame in source:
                 counts["decoded"] = start + source.stats.frames_decoded
                 yield dataclasses.replace(frame, frame_index=frame.frame_index + start)
+
+    def _resume_point(self, begun: WriterStart) -> ResumePoint | None:
+        """Where a live stream's new attempt continues: after the last committed frame, or after the
+        first frame of a loss when nothing was committed yet; None for a fresh stream.
+
+        The wall time of the committed frame is this actor's memory of it, or for a restarted actor (or
+        a resumed job) the time its part was recorded, a little later than the frame arrived."""
+        reason = self._loss or "restart: frames analysed after the last committed one were not kept"
+        if begun.last_pts is None:
+            lost = self._first_uncommitted
+            return None if lost is None else ResumePoint(lost.pts_seconds, lost.wall_time, reason)
+        known = self._committed
+        if known is not None and known.frame_index == begun.next_frame - 1:
+            wall = known.wall_time
+        else:
+            records = self.store.committed_parts(self.job_id, self.stream.id, "class_areas")
+            times = [float(r["time"]) for r in records if r.get("last_frame") == begun.next_frame - 1]
+            wall = max(times, default=time.time())
+        return ResumePoint(begun.last_pts, wall, reason)
 
     async def _call(self, awaitable: Any) -> Any:
         """Await a writer or pool call; a dead or unreachable actor fails the attempt, not the stream.
@@ -256,27 +319,34 @@ class StreamDecoder:
 
     async def _attempt(self, outcome: StreamOutcome) -> None:
         job, sid = self.job_id, self.stream.id
-        begun = await self._call(self.writer.begin.remote())
-        start, epoch = begun.next_frame, begun.epoch
+        begun: WriterStart = await self._call(self.writer.begin.remote())
+        epoch = begun.epoch
+        resume = self._resume_point(begun) if self.stream.live else None
+        self._loss, self._last_handed = None, None
+        if resume is not None:
+            # Unwritten outages up to the resume point still count; later ones lie inside its gap.
+            self._gaps[:] = [g for g in self._gaps if g.end_pts <= resume.pts]
         stop = threading.Event()
         frames: FrameQueue[Frame] = FrameQueue(
             self.settings.queue_size, "drop_oldest" if self.stream.live else "block"
         )
         failure: list[BaseException] = []
-        counts = {"decoded": start}
+        counts = {"decoded": begun.next_frame}
         reported = {
             "decoded": int(self.store.stream_counter(job, sid, "decoded")),
             "analysed": 0,
             "dropped": 0,
         }
-        gaps: list[Gap] = []
+        gaps = self._gaps  # appended to by the producer thread (list.append is atomic)
         producer = threading.Thread(
-            target=self._produce, args=(frames, start, failure, counts, stop, gaps), daemon=True
+            target=self._produce, args=(frames, begun, resume, failure, counts, stop, gaps), daemon=True
         )
         producer.start()
-        in_flight: collections.deque[tuple[Frame, Any]] = collections.deque()
+        in_flight = InFlight(self.settings.max_in_flight)
+        clock = CommitClock(self.settings.flush_frames, self.settings.flush_interval_s)
         answered: list[FrameAreas] = []
         wall_times: list[float] = []
+        getter: asyncio.Future[Frame] | None = None
         last_poll = 0.0
         exhausted = False
         try:
@@ -292,45 +362,46 @@ class StreamDecoder:
                         outcome.status = reason
                         stop.set()
                         frames.cancel()
-                if not exhausted and len(in_flight) < self.settings.max_in_flight:
+                if getter is None and not exhausted and not in_flight.full:
+                    getter = _quiet(
+                        asyncio.ensure_future(asyncio.to_thread(frames.get, self.settings.poll_s))
+                    )
+                await in_flight.wait(
+                    {getter} if getter is not None else set(),
+                    clock.wait_s(len(answered), self.settings.poll_s),
+                )
+                if getter is not None and getter.done():
                     try:
-                        frame = await asyncio.to_thread(frames.get, self.settings.poll_s)
+                        frame = getter.result()
                     except QueueClosed:
                         exhausted = True
-                        continue
                     except queue.Empty:
-                        continue
-                    request = _request(frame, self.vocabulary, self.return_labels)
-                    in_flight.append((frame, self.pool.segment.remote(request)))
-                    continue
-                frame, response = in_flight.popleft()
-                reply = await self._call(response)
-                answered.append(reply.areas)
-                wall_times.append(frame.wall_time)
-                outcome.batches.append(
-                    (reply.replica, reply.batch_number, reply.batch_size, reply.batch_streams)
-                )
-                outcome.replica_nodes.add(reply.node_id)
-                outcome.mixed_batches += len(set(reply.batch_streams)) > 1
-                outcome.frames_analysed += 1
-                self.store.incr(job, sid, "analysed")
-                if len(answered) >= self.settings.flush_frames:
-                    await self._call(self.writer.append.remote(answered, wall_times, epoch))
+                        pass
+                    else:
+                        self._sent(frame)
+                        response = self.pool.segment.remote(
+                            _request(frame, self.vocabulary, self.return_labels)
+                        )
+                        in_flight.add(frame, response, self._call(response))
+                    getter = None
+                for frame, reply in in_flight.ready():
+                    self._answered(outcome, reply)
+                    answered.append(reply.areas)
+                    wall_times.append(frame.wall_time)
+                handover, commit = clock.decide(len(answered))
+                if handover:
+                    await self._hand_over(answered, wall_times, epoch, commit, clock)
                     answered, wall_times = [], []
                 if gaps:
-                    recorded, gaps[:] = list(gaps), []
-                    await self._call(self.writer.add_gaps.remote([g.row(job) for g in recorded], epoch))
+                    await self._write_gaps(gaps, epoch)
             producer.join(timeout=5)
-            if gaps:
-                await self._call(self.writer.add_gaps.remote([g.row(job) for g in gaps], epoch))
-            await self._call(self.writer.append.remote(answered, wall_times, epoch))
+            await self._write_gaps(gaps, epoch)
+            await self._hand_over(answered, wall_times, epoch, True, clock)
             await self._call(self.writer.close.remote(epoch))
         finally:
             stop.set()
             frames.cancel()
-            for _, response in in_flight:
-                with contextlib.suppress(Exception):
-                    response.cancel()
+            in_flight.cancel()
             self._report(counts, reported, frames.dropped)
         outcome.dropped_frames += frames.dropped
         if failure and outcome.status not in ("cancelled", "interrupted"):
@@ -341,6 +412,46 @@ class StreamDecoder:
                 str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
             )
             self.store.record_error(job, sid, outcome.error_kind, outcome.error)
+
+    def _sent(self, frame: Frame) -> None:
+        if self._first_uncommitted is None:
+            self._first_uncommitted = CommittedFrame(frame.frame_index, frame.pts_seconds, frame.wall_time)
+
+    def _answered(self, outcome: StreamOutcome, reply: SegmentReply) -> None:
+        outcome.batches.append((reply.replica, reply.batch_number, reply.batch_size, reply.batch_streams))
+        outcome.replica_nodes.add(reply.node_id)
+        outcome.mixed_batches += len(set(reply.batch_streams)) > 1
+        outcome.frames_analysed += 1
+        self.store.incr(self.job_id, self.stream.id, "analysed")
+
+    async def _hand_over(
+        self,
+        answered: list[FrameAreas],
+        wall_times: list[float],
+        epoch: int,
+        commit: bool,
+        clock: CommitClock,
+    ) -> None:
+        """Give answered frames to the writer; after a commit, remember the last frame it holds."""
+        if not answered and not (commit and clock.handed):
+            return
+        committed = await self._call(self.writer.append.remote(answered, wall_times, epoch, commit))
+        done = commit or committed > 0  # the writer commits everything it holds, or nothing
+        clock.handed_over(len(answered), done)
+        if answered:
+            last = answered[-1]
+            self._last_handed = CommittedFrame(last.frame_index, last.pts_seconds, wall_times[-1])
+        if done and self._last_handed is not None:
+            self._committed, self._first_uncommitted = self._last_handed, None
+
+    async def _write_gaps(self, gaps: list[Gap], epoch: int) -> None:
+        """Write the gaps reported so far; they stay listed until the writer has them, so a gap whose
+        write failed is written by the next attempt."""
+        if not gaps:
+            return
+        batch = list(gaps)
+        await self._call(self.writer.add_gaps.remote([g.row(self.job_id) for g in batch], epoch))
+        del gaps[: len(batch)]
 
     def _report(self, counts: dict[str, int], reported: dict[str, int], dropped: int) -> None:
         """Push counter increments to the store. `decoded` is kept as an absolute position (frames of the
@@ -354,6 +465,12 @@ class StreamDecoder:
                     self.job_id, self.stream.id, "decoded", counts["decoded"] - reported["decoded"]
                 )
                 reported["decoded"] = counts["decoded"]
+
+
+def _quiet(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """`task`, whose error is retrieved even if nobody awaits it (an abandoned attempt's frame getter)."""
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
 
 
 def _request(frame: Frame, vocabulary: tuple[str, ...], return_labels: bool) -> SegmentRequest:

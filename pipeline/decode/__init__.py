@@ -1,7 +1,8 @@
 """Video decoding for the frame path: source -> sampled, upright RGB `Frame`s, with no Ray inside.
 
 Modules: `source` opens inputs safely (allowlist, timeouts), `sampling` picks frames, `decoder` yields
-them, `live` keeps a live network stream going across outages (reconnects, stall watchdog, gap records),
+them, `seek` resumes a file at a frame by seeking, `live` keeps a live network stream going across outages
+(reconnects, stall watchdog, gap records; with `outages`, `handoff` and `interrupt`),
 `orientation` applies rotation metadata, `queues` buffers them between threads, `probe` describes a source
 up front, and `errors` holds the exceptions users act on.
 """
@@ -15,7 +16,7 @@ from pipeline.decode.errors import (
     SourceStalled,
     SourceUnreachable,
 )
-from pipeline.decode.live import Gap, LiveSource, LiveStats, LiveTimeline, ReconnectPolicy
+from pipeline.decode.live import Gap, LiveSource, LiveStats, LiveTimeline, ReconnectPolicy, ResumePoint
 from pipeline.decode.probe import VideoInfo, probe
 from pipeline.decode.queues import FrameQueue, QueueClosed, QueuePolicy, frame_queue
 from pipeline.decode.sampling import FrameSelector, Sampler
@@ -43,6 +44,7 @@ __all__ = [
     "QueueClosed",
     "QueuePolicy",
     "ReconnectPolicy",
+    "ResumePoint",
     "Sampler",
     "SourceNotFound",
     "SourceOptions",

@@ -7,6 +7,7 @@ packet must not cost the rest of a multi-hour stream, so decode errors are skipp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ import av.error
 from pipeline.decode.errors import redact
 from pipeline.decode.orientation import frame_orientation
 from pipeline.decode.sampling import Sampler
+from pipeline.decode.seek import SeekResult, SeekUnsafe, describe_fallback, seek_frames
 from pipeline.decode.source import OpenedSource, SourceOptions, map_read_error, open_source
 from pipeline.frames import Frame
 
@@ -37,13 +39,16 @@ class DecodeStats:
     """Counters for one decode, for monitoring how healthy a source is.
 
     Attributes:
-        frames_decoded: every frame the decoder produced (frame_index of the next frame).
+        frames_decoded: the frame_index of the next frame: every frame the decoder produced, plus the
+            frames before the keyframe a resumed decode sought to (`frames_skipped_by_seek`).
         frames_yielded: frames selected by the sampler and handed out (at or after start_frame_index).
         corrupt_packets: packets the decoder rejected; skipped, their frames are lost.
         corrupt_frames: frames FFmpeg flagged as damaged (error-concealed) but still yielded if sampled,
             since a concealed frame is usually still worth segmenting.
         read_errors: demuxer errors recovered by reading on (damaged container data).
         missing_pts: frames without a PTS whose timestamp was synthesised (previous + 1/frame rate).
+        frames_skipped_by_seek: frames before the keyframe a resumed decode sought to, never decoded
+            (so the decoding work was `frames_decoded - frames_skipped_by_seek`).
     """
 
     frames_decoded: int = 0
@@ -52,6 +57,7 @@ class DecodeStats:
     corrupt_frames: int = 0
     read_errors: int = 0
     missing_pts: int = 0
+    frames_skipped_by_seek: int = 0
 
 
 def decode_frames(
@@ -60,6 +66,7 @@ def decode_frames(
     sampler: Sampler | None = None,
     *,
     start_frame_index: int = 0,
+    resume_pts: float | None = None,
     options: SourceOptions | None = None,
     stats: DecodeStats | None = None,
 ) -> Iterator[Frame]:
@@ -73,15 +80,24 @@ def decode_frames(
         source: a file path or an allowed URL.
         stream_id: copied into every `Frame`.
         sampler: which frames to yield; `Sampler()` (1 fps) by default.
-        start_frame_index: skip, without yielding, frames before this index, to resume a stream. The
-            skipped frames are still decoded (not converted) so that indexes and sampling are exactly
-            those of a full decode; see `iter_frames`.
+        start_frame_index: skip, without yielding, frames before this index, to resume a stream. Indexes
+            and sampling are exactly those of a full decode; see `iter_frames` for how.
+        resume_pts: PTS of frame `start_frame_index - 1` in the decode that produced the output so far
+            (the last committed frame). A file is resumed by seeking only when it is given and the file
+            agrees with it; otherwise it is decoded from the start.
         options: timeouts, allowlist and threads.
         stats: filled in while iterating.
     """
     opened = open_source(source, options)
     try:
-        yield from iter_frames(opened, stream_id, sampler, start_frame_index=start_frame_index, stats=stats)
+        yield from iter_frames(
+            opened,
+            stream_id,
+            sampler,
+            start_frame_index=start_frame_index,
+            resume_pts=resume_pts,
+            stats=stats,
+        )
     finally:
         opened.close()
 
@@ -92,6 +108,7 @@ def iter_frames(
     sampler: Sampler | None = None,
     *,
     start_frame_index: int = 0,
+    resume_pts: float | None = None,
     stats: DecodeStats | None = None,
 ) -> Iterator[Frame]:
     """Decode an already opened source; the caller owns (and closes) `opened`.
@@ -103,20 +120,28 @@ def iter_frames(
     also reads the codec's timing info), falling back to `average_rate`: for raw streams `average_rate`
     is a 25 fps placeholder while the SPS knows the real rate.
 
-    Resuming (`start_frame_index`) does not seek. A container seek lands on a keyframe by timestamp,
-    and the number of frames before it is unknowable in general (B-frame reordering, open GOPs, edit
-    lists), so the resumed frame_index could drift from the original run and rows would be written under
-    the wrong index. Decoding the skipped prefix is exact; it skips the RGB conversion and rotation,
-    which cost more than decoding for most codecs.
+    Resuming (`start_frame_index` > 0) of a local file whose `resume_pts` (PTS of the frame before the
+    resume point in the earlier decode) is known seeks to the keyframe before the resume point on a
+    second handle of the file, after establishing from the file's packets which frame index that
+    keyframe has (see `seek.py`); `stats.frames_skipped_by_seek` counts the frames it did not decode.
+    Without `resume_pts`, or when the packets cannot pin down the index (no timestamps, damaged or
+    discarded packets, timestamps that jump back, a PTS that disagrees with `resume_pts`), the seek
+    fails, or a decoded frame does not match the prediction before the resume point, it decodes from
+    the start and skips the prefix, as a network source always does: exact, only slower. Skipped
+    frames are decoded but not converted to RGB.
     """
     if start_frame_index < 0:
         raise ValueError(f"start_frame_index must be >= 0, got {start_frame_index}")
     stats = stats if stats is not None else DecodeStats()
+    if start_frame_index > 0 and resume_pts is not None and opened.scheme == "file":
+        try:
+            yield from _resume_by_seek(opened, stream_id, sampler, start_frame_index, resume_pts, stats)
+            return
+        except SeekUnsafe as reason:
+            describe_fallback(opened, start_frame_index, reason)
+            _reset(stats)
     selector = (sampler or Sampler()).selector()
-    stream = opened.stream
-    rate = stream.guessed_rate or stream.average_rate
-    frame_seconds = float(1 / rate) if rate else _FALLBACK_FRAME_SECONDS
-    last_pts: float | None = None
+    clock = _Clock(opened, stats)
     frame_index = -1
 
     for vframe in _decoded_frames(opened, stats):
@@ -124,19 +149,85 @@ def iter_frames(
         stats.frames_decoded += 1
         if vframe.is_corrupt:
             stats.corrupt_frames += 1
-        time_base = vframe.time_base or stream.time_base
-        if vframe.pts is None or time_base is None:
-            stats.missing_pts += 1
-            pts_seconds = 0.0 if last_pts is None else last_pts + frame_seconds
-        else:
-            pts_seconds = float(vframe.pts * time_base)
-        last_pts = pts_seconds
+        pts_seconds = clock.pts(vframe)
         # The selector must see every frame, skipped ones included, to stay in step with a full decode.
         if not selector.select(frame_index, pts_seconds) or frame_index < start_frame_index:
             continue
-        image = frame_orientation(vframe).apply(vframe.to_ndarray(format="rgb24"))
-        stats.frames_yielded += 1
-        yield Frame(stream_id, frame_index, pts_seconds, image, time.time())
+        yield _frame(vframe, stream_id, frame_index, pts_seconds, stats)
+
+
+def _resume_by_seek(
+    opened: OpenedSource,
+    stream_id: str,
+    sampler: Sampler | None,
+    start: int,
+    resume_pts: float,
+    stats: DecodeStats,
+) -> Iterator[Frame]:
+    """Frames from `start` on, decoded after a seek on a fresh handle of the file (so that `opened`
+    stays at the start for the fallback); raises `SeekUnsafe` before the first frame when it cannot."""
+    seeker = open_source(opened.source, opened.options)
+    try:
+        selector = (sampler or Sampler()).selector()
+        result = SeekResult()
+        clock = _Clock(seeker, stats)
+        positioned = False
+        for frame_index, vframe in seek_frames(
+            seeker,
+            start,
+            selector,
+            lambda: _decoded_frames(seeker, stats),
+            result,
+            expect_pts=resume_pts,
+        ):
+            if not positioned:
+                positioned = True
+                stats.frames_skipped_by_seek = result.skipped
+                clock.last_pts = result.last_seconds
+            stats.frames_decoded = frame_index + 1
+            if vframe.is_corrupt:
+                stats.corrupt_frames += 1
+            pts_seconds = clock.pts(vframe)
+            if selector.select(frame_index, pts_seconds):
+                yield _frame(vframe, stream_id, frame_index, pts_seconds, stats)
+        stats.frames_decoded = result.next_index
+        stats.frames_skipped_by_seek = result.skipped
+    finally:
+        seeker.close()
+
+
+class _Clock:
+    """Seconds of each decoded frame: PTS x time base, or the previous frame's plus one frame duration
+    when a frame has none."""
+
+    def __init__(self, opened: OpenedSource, stats: DecodeStats) -> None:
+        self.stream = opened.stream
+        rate = self.stream.guessed_rate or self.stream.average_rate
+        self.frame_seconds = float(1 / rate) if rate else _FALLBACK_FRAME_SECONDS
+        self.stats = stats
+        self.last_pts: float | None = None
+
+    def pts(self, vframe: av.VideoFrame) -> float:
+        time_base = vframe.time_base or self.stream.time_base
+        if vframe.pts is None or time_base is None:
+            self.stats.missing_pts += 1
+            pts_seconds = 0.0 if self.last_pts is None else self.last_pts + self.frame_seconds
+        else:
+            pts_seconds = float(vframe.pts * time_base)
+        self.last_pts = pts_seconds
+        return pts_seconds
+
+
+def _frame(vframe: av.VideoFrame, stream_id: str, frame_index: int, pts: float, stats: DecodeStats) -> Frame:
+    image = frame_orientation(vframe).apply(vframe.to_ndarray(format="rgb24"))
+    stats.frames_yielded += 1
+    return Frame(stream_id, frame_index, pts, image, time.time())
+
+
+def _reset(stats: DecodeStats) -> None:
+    """Zero the counters an abandoned seek attempt touched, so they describe the decode that counts."""
+    for counter in dataclasses.fields(DecodeStats):
+        setattr(stats, counter.name, 0)
 
 
 def _decoded_frames(opened: OpenedSource, stats: DecodeStats) -> Iterator[av.VideoFrame]:
@@ -189,6 +280,7 @@ class VideoDecoder:
         sampler: Sampler | None = None,
         *,
         start_frame_index: int = 0,
+        resume_pts: float | None = None,
         options: SourceOptions | None = None,
     ) -> None:
         if start_frame_index < 0:
@@ -198,7 +290,12 @@ class VideoDecoder:
         self.stats = DecodeStats()
         self._opened = open_source(source, options)
         self._frames = iter_frames(
-            self._opened, stream_id, sampler, start_frame_index=start_frame_index, stats=self.stats
+            self._opened,
+            stream_id,
+            sampler,
+            start_frame_index=start_frame_index,
+            resume_pts=resume_pts,
+            stats=self.stats,
         )
 
     @property

@@ -26,6 +26,8 @@ from pipeline.jobs.checks import Checker, describe, join_path, show
 from pipeline.jobs.ids import id_problem, unique_stream_ids
 
 MAX_CLASSES = 1000
+# Longest time an analysed frame waits before it is committed to Parquet (top-level `flush_interval_s`).
+DEFAULT_FLUSH_INTERVAL_S = 10.0
 URL_SCHEMES = ("http", "https", "rtsp", "rtsps")
 LIVE_SCHEMES = ("rtsp", "rtsps")
 DEVICES_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -137,7 +139,12 @@ class ServeSpec:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A whole job. `job_id` None means "generate one when the job is created"."""
+    """A whole job. `job_id` None means "generate one when the job is created".
+
+    `flush_interval_s` bounds how long an analysed frame waits before it is committed to Parquet,
+    whatever the frame rate: how stale a live dashboard can be, and how much a crash can cost a live
+    stream (a live source cannot replay what was lost).
+    """
 
     job_id: str | None
     model: ModelSpec
@@ -145,6 +152,7 @@ class JobSpec:
     streams: list[StreamSpec]
     serve: ServeSpec = field(default_factory=ServeSpec)
     store_labels: bool = False
+    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
 
     def stream(self, stream_id: str) -> StreamSpec:
         for s in self.streams:
@@ -400,7 +408,7 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
     `base_dir` defaults to the current directory; `source` only names the spec in error messages.
     """
     c = Checker(Path(os.path.abspath(base_dir)) if base_dir is not None else Path.cwd())
-    keys = ("job_id", "model", "output", "streams", "serve", "store_labels")
+    keys = ("job_id", "model", "output", "streams", "serve", "store_labels", "flush_interval_s")
     raw = c.mapping(data, "", keys)
     if raw is None or not raw:
         if raw is not None:
@@ -423,9 +431,12 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
     store_labels = False
     if "store_labels" in raw:
         store_labels = bool(c.boolean(raw["store_labels"], "store_labels"))
+    flush_interval_s = DEFAULT_FLUSH_INTERVAL_S
+    if "flush_interval_s" in raw:
+        flush_interval_s = c.number(raw["flush_interval_s"], "flush_interval_s", 0.0, inclusive=False) or 0.0
     if c.problems:
         raise JobSpecError(c.problems, source)
-    return JobSpec(job_id, model, output, streams, serve, store_labels)
+    return JobSpec(job_id, model, output, streams, serve, store_labels, flush_interval_s)
 
 
 def load_job_spec(path: str | Path) -> JobSpec:

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.decode import DecodeError, ProtocolNotAllowed, Sampler, SourceOptions, SourceUnreachable
-from pipeline.decode.live import Gap, LiveSource, LiveTimeline, ReconnectPolicy
+from pipeline.decode.live import Gap, LiveSource, LiveTimeline, ReconnectPolicy, ResumePoint
 from pipeline.frames import Frame
 from pipeline.storage.schema import GAPS
 from tests.support.rtsp import RtspServer, free_port, running_rtsp_server
@@ -921,6 +921,87 @@ def test_timeline_synthesises_missing_timestamps() -> None:
     # A new connection whose first frame has no PTS lands at last + the gap to the connection's start.
     assert timeline.place(1, 3.2, None, 4.0, 0.1) == pytest.approx(0.2 + 2.1)
     assert timeline.place(1, 3.2, 0.1, 4.0, 0.1) == pytest.approx(2.4)
+
+
+def test_timeline_continued_from_an_earlier_attempt_never_goes_back() -> None:
+    # The earlier attempt committed up to PTS 50.0 (arrived at wall 100.0); this one connects at 104.0.
+    restarted = LiveTimeline()
+    restarted.continue_after(50.0, 100.0)
+    assert restarted.place(0, 104.0, 0.0, 104.5, 0.1) == pytest.approx(54.0)  # RTSP restarts at 0
+    assert restarted.place(0, 104.0, 0.1, 104.6, 0.1) == pytest.approx(54.1)
+    # A source whose clock kept running keeps its own timestamps, as after a reconnection.
+    absolute = LiveTimeline()
+    absolute.continue_after(50.0, 100.0)
+    assert absolute.place(0, 104.0, 54.2, 104.5, 0.1) == pytest.approx(54.2)
+    # One that jumped far ahead of the wall clock is placed by the wall clock instead.
+    ahead = LiveTimeline()
+    ahead.continue_after(50.0, 100.0)
+    assert ahead.place(0, 104.0, 5000.0, 104.5, 0.1) == pytest.approx(54.0)
+    with pytest.raises(RuntimeError):
+        ahead.continue_after(1.0, 1.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_source_continues_after_the_resume_point_and_reports_the_loss(
+    http_servers: Servers, ts_file: TsFile
+) -> None:
+    """A new attempt after a recovery: its timestamps continue after the last committed frame (the
+    server restarts at 0 each connection, like RTSP) and the lost stretch becomes one gap."""
+    server = LiveTsServer(ts_file)
+    http_servers.append(server)
+    server.start()
+    committed_at = time.time() - 3.0
+    resume = ResumePoint(200.0, committed_at, "recovery: RayActorError: the writer died")
+    gaps: list[Gap] = []
+    statuses: list[tuple[str, str | None]] = []
+    source = LiveSource(
+        server.url,
+        "cam",
+        Sampler(every=1),
+        options=FAST,
+        reconnect=QUICK_RETRY,
+        on_gap=gaps.append,
+        resume=resume,
+        on_status=lambda status, reason: statuses.append((status, reason)),
+    )
+    frames = consume(source, lambda frames: len(frames) >= 10, timeout=20)
+    assert len(frames) == 10
+    pts = [f.pts_seconds for f in frames]
+    assert pts[0] > 200.0 + 2.5 and all(b > a for a, b in itertools.pairwise(pts)), pts
+    assert [f.frame_index for f in frames] == list(range(10))
+    assert len(gaps) == 1, gaps
+    gap = gaps[0]
+    assert (gap.start_pts, gap.start_wall) == (200.0, committed_at)
+    assert gap.end_pts == pts[0] and gap.end_wall == frames[0].wall_time
+    assert gap.reason == "recovery: RayActorError: the writer died"
+    assert statuses == [("running", None)]
+
+
+@pytest.mark.timeout(60)
+def test_status_is_reconnecting_until_the_first_frame(http_servers: Servers, ts_file: TsFile) -> None:
+    """Connection refused: every failed attempt reports `reconnecting` with its reason, and the first
+    frame once the server is up reports `running`."""
+    server = LiveTsServer(ts_file)
+    http_servers.append(server)
+    server.port = free_port()  # nothing listens there yet
+    statuses: list[tuple[str, str | None]] = []
+
+    def on_status(status: str, reason: str | None) -> None:
+        statuses.append((status, reason))
+        if len(statuses) == 3:
+            server.start()
+
+    source = LiveSource(
+        server.url, "cam", Sampler(every=1), options=FAST, reconnect=QUICK_RETRY, on_status=on_status
+    )
+    frames = consume(source, lambda frames: len(frames) >= 3, timeout=20)
+    assert len(frames) == 3
+    failed = [s for s in statuses if s[0] == "reconnecting"]
+    assert len(failed) >= 3 and statuses[-1] == ("running", None), statuses
+    assert all(reason is not None and reason.startswith("connect failed") for _, reason in failed)
+    assert statuses.index(("running", None)) == len(statuses) - 1
+    source.close()
+    assert statuses[-1] == ("running", None)  # closing is not reported as an outage
 
 
 def test_gap_rows_fit_the_gaps_table() -> None:

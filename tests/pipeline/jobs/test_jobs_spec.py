@@ -54,6 +54,7 @@ def test_defaults_and_resolution():
     assert (a.sampling.fps, a.sampling.every, a.failure_policy.retries) == (1.0, None, 0)
     assert (spec.serve.num_replicas, spec.serve.batch_size, spec.serve.batch_wait_timeout_s) == (1, 8, 0.05)
     assert spec.serve.num_gpus_per_replica is None and spec.store_labels is False
+    assert spec.flush_interval_s == 10.0
     json.dumps(spec.to_dict())
 
 
@@ -113,6 +114,11 @@ def test_comma_string_vocabulary_and_list_synonyms():
         ("job_id", "a:b", "job_id", "outside"),
         ("output", "s3://bucket/x", "output", "directory path"),
         ("streams", [], "streams", "non-empty list"),
+        ("flush_interval_s", 0, "flush_interval_s", "must be > 0"),
+        ("flush_interval_s", -2.5, "flush_interval_s", "must be > 0"),
+        ("flush_interval_s", "10s", "flush_interval_s", "must be a number"),
+        ("flush_interval_s", True, "flush_interval_s", "must be a number"),
+        ("flush_intervals", 5, "flush_intervals", "did you mean 'flush_interval_s'"),
     ],
 )
 def test_invalid_fields_are_named(path, value, field, message):
@@ -233,9 +239,18 @@ def test_to_dict_round_trips_through_the_parser() -> None:
                 },
             ],
             "serve": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}},
+            "flush_interval_s": 2.5,
         }
     )
+    assert spec.flush_interval_s == 2.5
+    assert spec.to_dict()["flush_interval_s"] == 2.5
     assert parse_job_spec(spec.to_dict()) == spec
+
+
+def test_flush_interval_accepts_any_positive_number() -> None:
+    """Sub-second intervals are legitimate (a dashboard that must be current); integers are numbers."""
+    assert parse_job_spec(spec_with("flush_interval_s", 0.25), base_dir="/specs").flush_interval_s == 0.25
+    assert parse_job_spec(spec_with("flush_interval_s", 60), base_dir="/specs").flush_interval_s == 60.0
 
 
 # Inputs the fuzz tests (test_spec_fuzz.py) found crashing the parser with a non-JobSpecError; pinned here
