@@ -5,12 +5,19 @@ A stream that fails (bad file, dead camera) is retried as its failure policy say
 with its error while the other streams carry on; the job completes when at least one stream completed.
 A job whose driver died is resumed by running it again with the same job id (`sanstream resume JOB`):
 each stream restarts from its last committed frame.
+
+One driver per job: the driver holds the job's lease in Redis (`pipeline.jobs.lease`) from before it
+creates or takes over the job until it exits, so a second driver is refused with the holder's name.
+SIGINT/SIGTERM stop the job cleanly (streams commit what they analysed and the job ends `interrupted`,
+resumable); a second signal stops the driver at once, still leaving the job `interrupted`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import shlex
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,28 +28,34 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
 from actors.decoder import DecoderSettings, StreamDecoder, StreamOutcome, actor_name
+from actors.progress import progress_bars, update_progress
 from actors.segmentation import deploy, undeploy
+from actors.signals import DriverSignals, JobInterrupted
 from actors.writer import StreamWriter
 from pipeline.jobs.ids import new_job_id
-from pipeline.jobs.redis_server import resolve_redis
+from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
+from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
 from pipeline.jobs.spec import JobSpec, parse_job_spec
 from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.takeover import (
+    DriverReplacedError,
+    JobNotResumableError,
+    existing_output,
+    lost_state_message,
+    mark_interrupted,
+    register_job,
+)
 from pipeline.preflight import check_output_dir, check_weights, expected_frames
-from pipeline.storage.rows import records_table
-from pipeline.storage.writer import PartWriter
+from pipeline.storage.errors_table import export_errors
 
-# Drivers heartbeat as "driver:<host>:<pid>". A driver on this host whose process is gone, or whose
-# heartbeat is older than DRIVER_STALE_S, no longer runs the job, which may then be resumed.
-DRIVER_STALE_S = 15.0
 # Errors that retrying cannot fix: the job spec itself is wrong for this stream.
 PERMANENT_ERRORS = {"ProtocolNotAllowed"}
-
-
-class JobNotResumableError(RuntimeError):
-    """A job id that exists but cannot be (re)started now; the message says why and what to do."""
+# After the first SIGINT/SIGTERM, how long decoders get to commit and return before they are killed
+# (what they committed is safe either way; waiting only saves re-analysing the frames in flight).
+INTERRUPT_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -61,71 +74,42 @@ class JobOutcome:
     streams: dict[str, StreamOutcome] = field(default_factory=dict)
     seconds: float = 0.0
     resumed: bool = False
+    #: the signal that interrupted the job (status `interrupted`), if one did
+    signal: int | None = None
+    #: the fencing token of this driver's lease on the job
+    lease_token: int | None = None
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
+def ray_session(address: str | None, on_init: Callable[[], None] | None = None) -> Iterator[None]:
     """Join `address` (or $RAY_ADDRESS, as `ray job submit` sets), else start a local Ray; a session that
-    was already initialised by the caller is reused and left running."""
+    was already initialised by the caller is reused and left running. `on_init` runs right after
+    `ray.init` (which replaces the SIGTERM handler: the driver puts its own back)."""
     if ray.is_initialized():
         yield
         return
     target = address or os.environ.get("RAY_ADDRESS") or None
     # "local" starts a private Ray even when `ray start` left a cluster on this machine: without an address
     # a job runs on its own Ray, as documented, and only --address/RAY_ADDRESS join a cluster.
-    ray.init(
-        address=target or "local", namespace="sanstream", include_dashboard=False, logging_level="WARNING"
-    )
     try:
+        ray.init(
+            address=target or "local", namespace="sanstream", include_dashboard=False, logging_level="WARNING"
+        )
+    except BaseException:  # a signal during start-up: do not leave a half-started local Ray behind
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
+    try:
+        if on_init is not None:
+            on_init()
         yield
     finally:
         if target is None:
             ray.shutdown()
 
 
-def _register(store: JobStore, spec: JobSpec, job_id: str) -> tuple[bool, set[str]]:
-    """Create the job, or take over an existing one whose driver is gone. Returns (resumed, streams
-    already finished)."""
-    try:
-        status = store.status(job_id)
-    except UnknownJobError:
-        store.create_job(job_id, spec.to_dict(), [s.id for s in spec.streams])
-        return False, set()
-    if status == "completed":
-        raise JobNotResumableError(f"job {job_id} already completed; choose another job id to run it again")
-    if status in ("failed", "cancelled"):
-        raise JobNotResumableError(
-            f"job {job_id} ended as {status}; its output stays as is. Start a new job id"
-        )
-    for worker, beat in store.heartbeats(job_id).items():
-        if worker.startswith("driver:") and _driver_alive(worker, beat):
-            raise JobNotResumableError(
-                f"job {job_id} is still running ({worker}, heartbeat {time.time() - beat:.0f} s ago); "
-                f"cancel it, or wait until its driver has been gone for {DRIVER_STALE_S:.0f} s"
-            )
-    snapshot = store.snapshot(job_id)
-    done = {
-        sid
-        for sid, info in snapshot["streams"].items()
-        if info.get("status") in ("completed", "failed", "cancelled")
-    }
-    return True, done
-
-
 def driver_name() -> str:
     return f"driver:{socket.gethostname()}:{os.getpid()}"
-
-
-def _driver_alive(worker: str, beat: float) -> bool:
-    _, host, pid = worker.split(":", 2)
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    return time.time() - beat < DRIVER_STALE_S
 
 
 def run_job(
@@ -138,24 +122,49 @@ def run_job(
     on_started: Callable[[str, str], None] | None = None,
     commit_interval_s: float = 10.0,
     placement: Placement | None = None,
+    allow_volatile_state: bool = False,
 ) -> JobOutcome:
-    """Run `spec` to the end (or resume it, when its job id exists and its driver is gone).
+    """Run `spec` to the end, or continue it when its job id exists (interrupted, or its driver died).
 
     Args:
         address: Ray cluster address; None uses $RAY_ADDRESS or a local Ray.
         on_started: called with (job_id, redis_url) once the job is registered (tests use it to cancel).
+        allow_volatile_state: run even if REDIS_URL's server does not persist (also
+            SANSTREAM_ALLOW_VOLATILE_STATE=1); a warning is printed instead of refusing.
+
+    From the main thread, SIGINT/SIGTERM stop the job cleanly: the outcome's status is `interrupted` and
+    its `signal` says which. A second signal raises `JobInterrupted` (a KeyboardInterrupt) at once.
     """
     console = console or Console(stderr=True)
     out_dir = Path(spec.output)
     check_output_dir(out_dir)
     check_weights(spec.model.weights or spec.model.name, spec.model.name)
     job_id = spec.job_id or new_job_id()
-    redis_url, embedded = resolve_redis(out_dir)
+    signals = DriverSignals(f"sanstream resume {job_id} --out {shlex.quote(str(out_dir))}")
     started = time.monotonic()
     store: JobStore | None = None
+    lease: JobLease | None = None
+    embedded = None
+    registered = resumed = False
+    signals.install()
     try:
+        redis_url, embedded = resolve_redis(out_dir)
+        if embedded is None:  # the embedded server always persists (append-only, fsync always)
+            warning = check_persistence(
+                redis_url, allow_volatile=volatile_state_allowed(allow_volatile_state)
+            )
+            if warning:
+                console.print(f"[yellow]{escape(warning)}[/yellow]")
         store = JobStore.from_url(redis_url)
-        resumed, finished = _register(store, spec, job_id)
+        lease = JobLease.from_url(redis_url, job_id, prefix=store.prefix)
+        try:
+            lease.acquire()
+        except LeaseHeldError as error:
+            raise JobNotResumableError(str(error)) from None
+        lease.start_renewing()
+        resumed, finished = register_job(store, spec, job_id)
+        registered = True
+        lease.publish()
         store.heartbeat(job_id, driver_name())
         if on_started:
             on_started(job_id, redis_url)
@@ -167,28 +176,68 @@ def run_job(
             settings or DecoderSettings(),
             commit_interval_s,
             placement or Placement(),
+            lease,
+            signals,
         )
-        with ray_session(address):
+        with ray_session(address, on_init=signals.install):
             outcome = run.execute(finished, show_progress, console)
         outcome.resumed = resumed
         outcome.seconds = time.monotonic() - started
         return outcome
+    except JobNotResumableError:
+        raise
+    except KeyboardInterrupt:
+        # From our handlers (Ray may have turned ours into a plain KeyboardInterrupt): a signal during
+        # start-up, or a second one. Either way the job, if registered, is left interrupted, not failed.
+        ours = registered and store is not None and lease is not None and not lease.lost.is_set()
+        if signals.signum is None or signals.forced:
+            if ours and store is not None:
+                mark_interrupted(store, spec, job_id, f"interrupted by {signals.name}; stopped at once")
+            if signals.forced:
+                raise signals.forced_exit() from None
+            raise
+        if not registered:
+            raise JobInterrupted(
+                f"interrupted by {signals.name} before job {job_id} started", signals.signum
+            ) from None
+        if ours and store is not None:
+            mark_interrupted(store, spec, job_id, f"interrupted by {signals.name} while the job was starting")
+        return JobOutcome(
+            job_id,
+            "interrupted",
+            seconds=time.monotonic() - started,
+            resumed=resumed,
+            signal=signals.signum,
+            lease_token=lease.token if lease else None,
+        )
     except BaseException as error:
-        if store is not None and not isinstance(error, JobNotResumableError):
+        if registered and store is not None and lease is not None and not lease.lost.is_set():
             with contextlib.suppress(Exception):
-                store.record_error(job_id, None, type(error).__name__, str(error))
+                store.record_error(job_id, None, type(error).__name__, str(error) or repr(error))
                 store.set_status(job_id, "failed")
         raise
     finally:
+        signals.restore()
+        if lease is not None:
+            lease.close()
         if embedded is not None:
             embedded.stop()
 
 
 def resume_job(job_id: str, out_dir: str | Path, **kwargs: Any) -> JobOutcome:
-    """Resume a job whose driver died, from the spec stored with it."""
+    """Continue a job whose driver died or was interrupted, from the spec stored with it."""
     redis_url, embedded = resolve_redis(out_dir)
     try:
-        snapshot = JobStore.from_url(redis_url).snapshot(job_id)
+        store = JobStore.from_url(redis_url)
+        try:
+            snapshot = store.snapshot(job_id)
+        except UnknownJobError:
+            found = existing_output(Path(out_dir), job_id)
+            if found:
+                raise JobNotResumableError(lost_state_message(job_id, Path(out_dir), found)) from None
+            raise
+        finally:
+            store.r.close()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -206,18 +255,38 @@ class _Run:
     settings: DecoderSettings
     commit_interval_s: float
     placement: Placement
+    lease: JobLease
+    signals: DriverSignals
+
+    @property
+    def fencing_token(self) -> int | None:
+        """This driver's lease token, also stored on the job hash (`lease_token`): larger than any
+        earlier driver's, so writes can be fenced on it."""
+        return self.lease.token
+
+    def _check_lease(self) -> None:
+        """Stop at once when another driver took the job over (this driver's renewals failed)."""
+        if self.lease.lost.is_set():
+            info = lease_info(self.store.r, self.job_id, self.store.prefix)
+            now = f"; it is now held by {info.holder.describe()} (token {info.token})" if info else ""
+            raise DriverReplacedError(
+                f"job {self.job_id}: this driver lost its lease (token {self.lease.token}){now}. It stopped "
+                "its actors and left the job's state to the current holder"
+            )
 
     def execute(self, finished: set[str], show_progress: bool, console: Console) -> JobOutcome:
         store, job_id = self.store, self.job_id
         store.set_status(job_id, "running")
-        errors_before = len(store.errors(job_id))
-        outcome = JobOutcome(job_id, "running")
-        pool = deploy(self.spec, job_id, self.placement.replicas)
+        outcome = JobOutcome(job_id, "running", lease_token=self.lease.token)
         actors: list[Any] = []
         try:
+            pool = deploy(self.spec, job_id, self.placement.replicas)
+            self._check_lease()
             decoders: dict[str, Any] = {}
             pending: dict[Any, str] = {}
             attempts: dict[str, int] = {}
+            # The spec's flush interval bounds how long an analysed frame waits to be committed.
+            settings = dataclasses.replace(self.settings, flush_interval_s=self.spec.flush_interval_s)
             for stream in self.spec.streams:
                 if stream.id in finished:
                     continue
@@ -235,23 +304,30 @@ class _Run:
                 )
                 decoder = StreamDecoder.options(
                     name=actor_name(job_id, stream.id, "decoder"), resources=self.placement.decoders
-                ).remote(job_id, stream, self.redis_url, pool, writer, self.settings, self.spec.store_labels)
+                ).remote(job_id, stream, self.redis_url, pool, writer, settings, self.spec.store_labels)
                 actors += [writer, decoder]
                 decoders[stream.id] = decoder
                 attempts[stream.id] = 1
                 pending[decoder.run.remote()] = stream.id
             totals = {s.id: expected_frames(s) for s in self.spec.streams if s.id in decoders}
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                disable=not show_progress,
-            ) as progress:
-                tasks = {sid: progress.add_task(sid, total=total) for sid, total in totals.items()}
+            with progress_bars(console, show_progress) as progress:
+                tasks = {
+                    sid: progress.add_task(escape(sid), total=total, written=0)
+                    for sid, total in totals.items()
+                }
                 retry_at: dict[str, float] = {}
+                stopping_since: float | None = None
+                self.signals.graceful = True  # from here a signal is handled by this loop
                 while pending or retry_at:
+                    self._check_lease()
+                    if self.signals.forced:  # its exception was swallowed somewhere: act on it here
+                        raise self.signals.forced_exit()
+                    if self.signals.signum is not None and stopping_since is None:
+                        stopping_since = time.monotonic()
+                        self._begin_interrupt(console, retry_at, outcome)
+                    if stopping_since is not None and time.monotonic() - stopping_since > INTERRUPT_GRACE_S:
+                        self._abandon(pending, outcome)
+                        break
                     store.heartbeat(job_id, driver_name())
                     for stream_id, due in list(retry_at.items()):
                         if time.monotonic() >= due:
@@ -265,12 +341,15 @@ class _Run:
                         stream_id = pending.pop(ref)
                         result = self._collect(ref, stream_id)
                         policy = self.spec.stream(stream_id).failure_policy
-                        if (
+                        stop = store.stop_requested(job_id)
+                        retry = (
                             result.status == "failed"
                             and result.error_kind not in PERMANENT_ERRORS
                             and attempts[stream_id] <= policy.retries
-                            and not store.cancel_requested(job_id)
-                        ):
+                        )
+                        if retry and stop == "interrupted":
+                            result.status = "interrupted"  # its retries are still due: resuming runs them
+                        elif retry and stop is None:
                             attempts[stream_id] += 1
                             store.record_error(
                                 job_id,
@@ -284,27 +363,80 @@ class _Run:
                             )
                             continue
                         outcome.streams[stream_id] = result
+                        if result.status == "interrupted":
+                            self._record_interrupted(stream_id, f"stopped by {self.signals.name}")
                         with contextlib.suppress(Exception):
                             store.set_stream_status(job_id, stream_id, result.status)
-                    _update_progress(progress, tasks, store, job_id)
-                _update_progress(progress, tasks, store, job_id)
+                    update_progress(progress, tasks, store, job_id)
+                update_progress(progress, tasks, store, job_id)
         finally:
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
-            undeploy(job_id)
-        _write_error_tables(self.spec, job_id, store, errors_before)
+            if not self.lease.lost.is_set():  # else the pool may serve the driver that took over
+                undeploy(job_id)
+        self._check_lease()
+        with contextlib.suppress(OSError):  # the records stay in the store; the next run exports them
+            export_errors(store, self.spec.output, job_id, [s.id for s in self.spec.streams])
         statuses = {s.status for s in outcome.streams.values()} | {
             store.stream_status(job_id, sid) for sid in finished
         }
         if "cancelled" in statuses or store.cancel_requested(job_id):
             outcome.status = "cancelled"
+        elif "interrupted" in statuses:
+            outcome.status = "interrupted"
+            outcome.signal = self.signals.signum
         elif "completed" in statuses:
             outcome.status = "completed"
         else:
             outcome.status = "failed"
         store.set_status(job_id, outcome.status)
         return outcome
+
+    def _begin_interrupt(self, console: Console, retry_at: dict[str, float], outcome: JobOutcome) -> None:
+        """First SIGINT/SIGTERM: ask every stream to stop; decoders commit what they analysed and return
+        `interrupted`. Streams waiting for a retry stop here."""
+        name = self.signals.name
+        console.print(
+            f"[yellow]{name}: stopping job {escape(self.job_id)}; each stream commits what it analysed "
+            f"(up to {INTERRUPT_GRACE_S:.0f} s). Send it again (Ctrl-C) to stop at once.[/yellow]"
+        )
+        with contextlib.suppress(Exception):
+            self.store.record_error(
+                self.job_id,
+                None,
+                "interrupted",
+                f"interrupted by {name}; continue with: {self.signals.resume_hint}",
+            )
+        self.store.request_interrupt(self.job_id)
+        for stream_id in list(retry_at):
+            del retry_at[stream_id]
+            outcome.streams[stream_id] = StreamOutcome(stream_id, "interrupted")
+            self._record_interrupted(stream_id, f"stopped by {name} while waiting to retry")
+            with contextlib.suppress(Exception):
+                self.store.set_stream_status(self.job_id, stream_id, "interrupted")
+
+    def _abandon(self, pending: dict[Any, str], outcome: JobOutcome) -> None:
+        """Decoders that did not return within the grace period are killed by the caller: their committed
+        output is safe, and the frames they held are analysed again on resume."""
+        for stream_id in pending.values():
+            outcome.streams[stream_id] = StreamOutcome(stream_id, "interrupted")
+            self._record_interrupted(
+                stream_id, f"did not stop within {INTERRUPT_GRACE_S:.0f} s of {self.signals.name}; killed"
+            )
+            with contextlib.suppress(Exception):
+                self.store.set_stream_status(self.job_id, stream_id, "interrupted")
+        pending.clear()
+
+    def _record_interrupted(self, stream_id: str, why: str) -> None:
+        with contextlib.suppress(Exception):
+            last = self.store.committed_frames(self.job_id, stream_id)
+            self.store.record_error(
+                self.job_id,
+                stream_id,
+                "interrupted",
+                f"{why}; committed through frame {last}. Continue with: {self.signals.resume_hint}",
+            )
 
     def _collect(self, ref: Any, stream_id: str) -> StreamOutcome:
         """A stream's outcome; an actor that could not be kept alive becomes a failed stream."""
@@ -314,34 +446,3 @@ class _Run:
             message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             self.store.record_error(self.job_id, stream_id, type(error).__name__, message)
             return StreamOutcome(stream_id, "failed", error_kind=type(error).__name__, error=message)
-
-
-def _write_error_tables(spec: JobSpec, job_id: str, store: JobStore, skip: int) -> None:
-    """Copy this run's stream errors from the job store into the `errors` Parquet table, so they can be
-    queried beside the areas (the store keeps them too, for `sanstream status`)."""
-    by_stream: dict[str, list[dict[str, object]]] = {}
-    for error in store.errors(job_id)[skip:]:
-        if error.get("stream_id"):
-            by_stream.setdefault(str(error["stream_id"]), []).append(
-                {
-                    "job_id": job_id,
-                    "stream_id": error["stream_id"],
-                    "time": float(error["time"]),
-                    "kind": str(error["kind"]),
-                    "message": str(error["message"]),
-                }
-            )
-    for stream_id, records in by_stream.items():
-        with contextlib.suppress(OSError), PartWriter(spec.output, "errors", stream_id) as writer:
-            writer.append(records_table("errors", records))
-
-
-def _update_progress(progress: Progress, tasks: dict[str, int], store: JobStore, job_id: str) -> None:
-    with contextlib.suppress(Exception):
-        snapshot = store.snapshot(job_id)
-        for stream_id, task in tasks.items():
-            info = snapshot["streams"].get(stream_id, {})
-            status = info.get("status") or "pending"
-            progress.update(
-                task, completed=int(info.get("written", 0) or 0), description=f"{stream_id} [{status}]"
-            )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 
 USER_ERROR_NAMES: dict[str, tuple[str, ...]] = {
-    "actors.job": ("JobNotResumableError",),
     "pipeline.cli.common": ("CommandError",),
     "pipeline.decode.errors": ("DecodeError",),
     "pipeline.jobs.redis_server": ("EmbeddedRedisError",),
     "pipeline.jobs.spec": ("JobSpecError",),
+    "pipeline.jobs.takeover": ("JobNotResumableError",),
     "pipeline.jobs.state": ("JobExistsError", "UnknownJobError"),
     "pipeline.san.config": ("UnknownModelError",),
     "pipeline.san.preprocess": ("ImageError",),

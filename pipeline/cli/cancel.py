@@ -2,15 +2,19 @@
 
 Cancelling only sets a flag in the job store; the job's workers poll it and wind down themselves, so
 what is already written stays consistent and the job ends as `cancelled` rather than dying mid-part.
+An interrupted job that no driver is resuming has no workers to see the flag, so it is moved to
+`cancelled` here. (A job left `running` by a dead driver keeps the flag: its resume ends it as cancelled.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
-from pipeline.jobs.state import UnknownJobError
+from pipeline.jobs.lease import lease_info
+from pipeline.jobs.state import IllegalTransitionError, JobStore, UnknownJobError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,9 +39,27 @@ def run(args: argparse.Namespace) -> int:
         if status in TERMINAL_STATUSES:
             print(f"job {job_id} already finished ({status}); nothing to cancel")
             return 0
+        if status == "interrupted" and lease_info(store.r, job_id, store.prefix) is None:
+            store.request_cancel(job_id)  # first, so a driver resuming it right now stops as cancelled
+            if _cancel_idle(store, job_id):
+                print(f"job {job_id} cancelled (it was interrupted); its output stays as is")
+                return 0
         if store.cancel_requested(job_id):
             print(f"cancel of job {job_id} was already requested; it is still {status}")
             return 0
         store.request_cancel(job_id)
     print(f"cancel requested for job {job_id} (was {status}); its workers stop at their next check")
     return 0
+
+
+def _cancel_idle(store: JobStore, job_id: str) -> bool:
+    """Move a job no driver holds, and its unfinished streams, to `cancelled`. False when the job changed
+    meanwhile (a driver took it: that driver sees the cancel flag instead)."""
+    try:
+        store.set_status(job_id, "cancelled")
+    except IllegalTransitionError:
+        return False
+    for stream_id in store.snapshot(job_id)["streams"]:
+        with contextlib.suppress(IllegalTransitionError):  # a finished stream stays as it ended
+            store.set_stream_status(job_id, stream_id, "cancelled")
+    return True

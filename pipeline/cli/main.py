@@ -36,9 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sanstream {args.command}: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        # A driver stopped at once (second Ctrl-C) says which job it left interrupted and how to continue.
+        print(f"sanstream {args.command}: {error}" if str(error) else "interrupted", file=sys.stderr)
+        return int(getattr(error, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ Ray is imported only here, lazily, so the rest of the CLI works without starting
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.jobs.ids import unique_stream_ids
@@ -31,6 +35,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=None, help="number of SAN replicas")
     parser.add_argument("--job-id", default=None, help="job id (default: generated)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_state_arguments(parser)
+
+
+def add_state_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-volatile-state",
+        action="store_true",
+        help="run even if REDIS_URL's Redis does not persist (appendonly no); job state is then lost if "
+        "that Redis restarts (env: SANSTREAM_ALLOW_VOLATILE_STATE=1)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -118,13 +132,13 @@ def _drop_empty(data: dict[str, Any]) -> dict[str, Any]:
 
 def summary_table(out: Path, job_id: str) -> Table:
     rows = summary(out, job_id=job_id).to_pylist()
-    table = Table(title=f"{job_id}: class fraction over time")
+    table = Table(title=escape(f"{job_id}: class fraction over time"))
     for column in ("stream", "class", "frames", "mean", "max"):
         table.add_column(column, justify="right" if column in ("frames", "mean", "max") else "left")
     for row in rows:
-        table.add_row(
-            row["stream_id"],
-            row["class_name"],
+        table.add_row(  # cells are rich markup: a class named "car [vehicle]" must print as it is
+            escape(row["stream_id"]),
+            escape(row["class_name"]),
             str(row["frames"]),
             f"{row['mean_fraction']:.1%}",
             f"{row['max_fraction']:.1%}",
@@ -139,19 +153,45 @@ def execute(spec: JobSpec, args: argparse.Namespace, console: Console) -> int:
         console.print(
             "[yellow]using random weights: the masks are meaningless (pipeline check only)[/yellow]"
         )
-    outcome = run_job(spec, address=args.address, show_progress=not args.no_progress, console=console)
+    outcome = run_job(
+        spec,
+        address=args.address,
+        show_progress=not args.no_progress,
+        console=console,
+        allow_volatile_state=getattr(args, "allow_volatile_state", False),
+    )
     return report(outcome, Path(spec.output), console)
 
 
 def report(outcome: Any, out: Path, console: Console) -> int:
-    """Print the job's summary and per-stream problems; exit code 0 only when every stream completed."""
-    console.print(summary_table(out, outcome.job_id))
+    """Print the job's summary and per-stream problems; exit code 0 only when every stream completed,
+    128 + the signal number when a signal interrupted it (130 for SIGINT, 143 for SIGTERM)."""
+    interrupted = outcome.status == "interrupted"
+    if interrupted:
+        with contextlib.suppress(Exception):  # an interrupt during start-up may leave no output at all
+            console.print(summary_table(out, outcome.job_id))
+    else:
+        console.print(summary_table(out, outcome.job_id))
     for stream_id, stream in outcome.streams.items():
-        if stream.status != "completed":
-            console.print(f"[red]stream {stream_id} {stream.status}[/red]: {stream.error or ''}")
+        if stream.status not in ("completed", "interrupted"):
+            console.print(
+                f"[red]stream {escape(stream_id)} {stream.status}[/red]: {escape(stream.error or '')}"
+            )
+    where = shlex.quote(str(out))
+    if interrupted:
+        by = signal.Signals(outcome.signal).name if getattr(outcome, "signal", None) else "an interrupt"
+        console.print(
+            f"[yellow]job {escape(outcome.job_id)} interrupted by {by}[/yellow] after {outcome.seconds:.1f} s; "
+            f"committed output kept in {escape(str(out))}/\n"
+            f"  continue with: {escape(f'sanstream resume {outcome.job_id} --out {where}')}",
+            soft_wrap=True,  # the command must stay on one line to be copied
+        )
+        return 128 + int(getattr(outcome, "signal", None) or signal.SIGINT)
     console.print(
-        f"job {outcome.job_id} {outcome.status} in {outcome.seconds:.1f} s; output in {out}/\n"
-        f"  sanstream status {outcome.job_id} --out {out}\n  sanstream query {out}"
+        escape(
+            f"job {outcome.job_id} {outcome.status} in {outcome.seconds:.1f} s; output in {out}/\n"
+            f"  sanstream status {outcome.job_id} --out {where}\n  sanstream query {where}"
+        )
     )
     if outcome.status == "completed" and all(s.status == "completed" for s in outcome.streams.values()):
         return 0
@@ -165,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 def add_resume_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "resume",
-        help="resume a job whose driver died; each stream restarts at its last committed frame",
+        help="continue an interrupted job (or one whose driver died) from its last committed frames",
     )
     parser.add_argument("job_id", help="the job to resume")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the job's output directory")
@@ -173,6 +213,7 @@ def add_resume_parser(subparsers: argparse._SubParsersAction) -> None:
         "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_state_arguments(parser)
     parser.set_defaults(handler=resume)
 
 
@@ -181,6 +222,11 @@ def resume(args: argparse.Namespace) -> int:
 
     console = Console()
     outcome = resume_job(
-        args.job_id, args.out, address=args.address, show_progress=not args.no_progress, console=console
+        args.job_id,
+        args.out,
+        address=args.address,
+        show_progress=not args.no_progress,
+        console=console,
+        allow_volatile_state=args.allow_volatile_state,
     )
     return report(outcome, Path(args.out), console)

@@ -8,16 +8,21 @@ persists under the output directory).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
+from pipeline.jobs.lease import lease_info
 from pipeline.jobs.state import UnknownJobError
 
 RECENT_ERRORS = 10
@@ -25,6 +30,8 @@ _STATUS_STYLE = {
     "queued": "yellow",
     "pending": "yellow",
     "running": "cyan",
+    "reconnecting": "blue",
+    "interrupted": "bold yellow",
     "completed": "green",
     "failed": "red",
     "cancelled": "magenta",
@@ -53,7 +60,7 @@ def _when(stamp: float | None) -> str:
 def _styled(status: str | None) -> str:
     text = status or "?"
     style = _STATUS_STYLE.get(text)
-    return f"[{style}]{text}[/{style}]" if style else text
+    return f"[{style}]{escape(text)}[/{style}]" if style else escape(text)
 
 
 def _count(value: Any) -> str:
@@ -67,7 +74,9 @@ def job_table(jobs: list[dict[str, Any]], out: Path) -> Table:
     table.add_column("created")
     table.add_column("updated")
     for job in jobs:
-        table.add_row(job["job_id"], _styled(job["status"]), _when(job["created"]), _when(job["updated"]))
+        table.add_row(
+            escape(job["job_id"]), _styled(job["status"]), _when(job["created"]), _when(job["updated"])
+        )
     return table
 
 
@@ -80,7 +89,7 @@ def stream_table(snapshot: dict[str, Any]) -> Table:
     for stream_id, info in snapshot["streams"].items():
         last = info.get("last_written_frame")
         table.add_row(
-            stream_id,
+            escape(stream_id),
             _styled(info.get("status")),
             _count(info.get("decoded")),
             _count(info.get("analysed")),
@@ -100,15 +109,30 @@ def error_table(errors: list[dict[str, Any]], total: int) -> Table:
     table.add_column("kind")
     table.add_column("message", overflow="fold")
     for error in shown:
-        table.add_row(
-            _when(error.get("time")), error.get("stream_id") or "-", error.get("kind", ""), error["message"]
+        table.add_row(  # messages quote sources and exceptions: "[Errno 2]" is text, not markup
+            _when(error.get("time")),
+            escape(error.get("stream_id") or "-"),
+            escape(str(error.get("kind", ""))),
+            escape(str(error["message"])),
         )
     return table
 
 
-def print_snapshot(console: Console, snapshot: dict[str, Any]) -> None:
+def resume_hint(snapshot: dict[str, Any], out: Path) -> str | None:
+    """`sanstream resume ...` when the job needs it: it was interrupted, or it says running (or queued)
+    while no driver holds its lease (the driver died; the lease expired)."""
     status = snapshot["status"]
-    console.print(f"job [bold]{snapshot['job_id']}[/bold]: {_styled(status)}")
+    stale = status in ("running", "queued") and snapshot.get("lease") is None
+    if status != "interrupted" and not stale:
+        return None
+    # With REDIS_URL the output directory is the spec's; without, the one this command found the state in.
+    target = (snapshot["spec"].get("output") or str(out)) if os.environ.get("REDIS_URL") else str(out)
+    return f"sanstream resume {snapshot['job_id']} --out {shlex.quote(str(target))}"
+
+
+def print_snapshot(console: Console, snapshot: dict[str, Any], out: Path | None = None) -> None:
+    status = snapshot["status"]
+    console.print(f"job [bold]{escape(snapshot['job_id'])}[/bold]: {_styled(status)}")
     times = [f"created {_when(snapshot['created'])}"]
     if snapshot.get("started") is not None:
         times.append(f"started {_when(snapshot['started'])}")
@@ -124,6 +148,19 @@ def print_snapshot(console: Console, snapshot: dict[str, Any]) -> None:
         workers = len(snapshot["heartbeats"])
         plural = "s" if workers != 1 else ""
         console.print(f"{workers} worker{plural}, last heartbeat {time.time() - latest:.0f}s ago")
+    lease = snapshot.get("lease")
+    if lease is not None:
+        expires = (
+            f", expires in {lease['ttl_s']:.0f}s unless renewed" if lease.get("ttl_s") is not None else ""
+        )
+        console.print(
+            escape(f"driver: pid {lease['pid']} on {lease['host']} (lease token {lease['token']}{expires})")
+        )
+    elif status in ("running", "queued"):
+        console.print("[yellow]no driver holds this job[/yellow] (its lease expired: the driver is gone)")
+    hint = resume_hint(snapshot, out or DEFAULT_OUT)
+    if hint is not None:
+        console.print(f"resume with: {escape(hint)}", soft_wrap=True)  # one line, to be copied
     console.print(stream_table(snapshot))
     if snapshot["errors"]:
         console.print(error_table(snapshot["errors"], snapshot["error_count"]))
@@ -148,8 +185,17 @@ def run_status(args: argparse.Namespace) -> int:
             snapshot = store.snapshot(job_id)
         except UnknownJobError:
             raise known_jobs_error(store, job_id, args.out) from None
+        snapshot["lease"] = _lease(store, job_id)
     if args.json:
         print(json.dumps(snapshot, indent=2))
     else:
-        print_snapshot(console, snapshot)
+        print_snapshot(console, snapshot, args.out)
     return 0
+
+
+def _lease(store: Any, job_id: str) -> dict[str, Any] | None:
+    """The job's lease as plain data (None: no driver holds it)."""
+    info = lease_info(store.r, job_id, store.prefix)
+    if info is None:
+        return None
+    return {**dataclasses.asdict(info.holder), "token": info.token, "ttl_s": info.ttl_s}

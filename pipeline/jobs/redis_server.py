@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -35,6 +35,13 @@ _STOP_TIMEOUT_S = 30.0
 
 class EmbeddedRedisError(RuntimeError):
     """The embedded redis-server could not be found, started or reached."""
+
+
+class JobStateServerError(EmbeddedRedisError):
+    """The Redis named by REDIS_URL cannot hold job state safely (unreachable, or not persisting).
+
+    A subclass of `EmbeddedRedisError` only so the CLI, which lists that name among the errors a user
+    can fix, reports it as one line (exit 2)."""
 
 
 def find_redis_server() -> str:
@@ -310,3 +317,83 @@ def resolve_redis(out_dir: str | Path) -> tuple[str, EmbeddedRedis | None]:
         return env, None
     handle = EmbeddedRedis(out_dir).start()
     return handle.url, handle
+
+
+#: `ray job submit` cannot pass CLI flags through every wrapper; this env var does what
+#: `--allow-volatile-state` does.
+ALLOW_VOLATILE_ENV = "SANSTREAM_ALLOW_VOLATILE_STATE"
+
+
+def volatile_state_allowed(flag: bool = False) -> bool:
+    """The explicit `--allow-volatile-state` flag, or `SANSTREAM_ALLOW_VOLATILE_STATE=1` in the environment."""
+    return flag or os.environ.get(ALLOW_VOLATILE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _redacted(url: str) -> str:
+    """`url` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def append_only_enabled(client: redis.Redis) -> bool | None:
+    """Whether the server writes an append-only file: `INFO persistence` (aof_enabled), else
+    `CONFIG GET appendonly`; None when the server answers neither (managed Redis may forbid CONFIG)."""
+    with contextlib.suppress(redis.ResponseError):
+        info = client.info("persistence")
+        if "aof_enabled" in info:
+            return bool(int(info["aof_enabled"]))
+    with contextlib.suppress(redis.ResponseError):
+        value = client.config_get("appendonly").get("appendonly")
+        if value is not None:
+            return str(value) == "yes"
+    return None
+
+
+def check_persistence(url: str, *, allow_volatile: bool = False) -> str | None:
+    """Refuse a Redis that would lose job state on a restart, before anything starts.
+
+    Job state is what makes output exactly-once: the record of committed parts. A server without an
+    append-only file loses up to minutes of it on a restart (or all of it, without snapshots), and a
+    resumed job would then redo, or worse duplicate, output. So REDIS_URL must point at a server with
+    `appendonly yes`, unless the user says otherwise (`allow_volatile`, see `volatile_state_allowed`);
+    then the answer is a warning to print. Raises `JobStateServerError` when refused or unreachable.
+    """
+    where = f"REDIS_URL={_redacted(url)}"
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=10,
+            retry=Retry(NoBackoff(), 2),
+        )
+    except ValueError as error:  # e.g. a URL without redis://
+        raise JobStateServerError(f"cannot use {where}: {error}") from None
+    try:
+        enabled = append_only_enabled(client)
+    except redis.RedisError as error:
+        raise JobStateServerError(f"cannot reach {where}: {error}") from None
+    finally:
+        client.close()
+    if enabled:
+        return None
+    problem = (
+        "does not persist job state (appendonly no)"
+        if enabled is False
+        else "does not say whether it persists job state (INFO persistence and CONFIG GET are refused)"
+    )
+    if allow_volatile:
+        return (
+            f"warning: {where} {problem}; a restart of that Redis loses this job's state "
+            "(running anyway: volatile state allowed)"
+        )
+    raise JobStateServerError(
+        f"{where} {problem}: a restart of that Redis would silently lose the record of committed output, "
+        "and a resumed job could redo or duplicate it. Enable the append-only file: "
+        "`redis-cli -u URL CONFIG SET appendonly yes` now, and `appendonly yes` in its redis.conf (or "
+        "`redis-cli CONFIG REWRITE`) so it stays on after a restart. To run anyway, pass "
+        f"--allow-volatile-state (or set {ALLOW_VOLATILE_ENV}=1, e.g. under `ray job submit`)"
+    )

@@ -13,13 +13,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import psutil
 import pytest
@@ -30,11 +27,20 @@ from actors.decoder import DecoderSettings, actor_name
 from actors.job import JobOutcome, run_job
 from actors.writer import WriterRestarted
 from pipeline.frames import FrameAreas
-from pipeline.jobs.redis_server import EmbeddedRedis, resolve_redis
+from pipeline.jobs.redis_server import EmbeddedRedis
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.state import JobStore
 from pipeline.sample_video import write_sample_video
 from pipeline.storage.stream_sink import StreamSink
+from tests.support.jobs import (
+    COMPARED,
+    BackgroundJob,
+    continue_job,
+    sanstream,
+    table_rows,
+    two_stream_job,
+    wait_for_progress,
+)
 
 SAMPLED = {"alpha": 40, "beta": 30}  # frames each stream analyses (every frame of 4 s and 3 s at 10 fps)
 RNG = random.Random(20261126)
@@ -53,10 +59,6 @@ COMMIT_FAULTS = [
     "zombie-writer",
 ]
 COMMIT_FAULT_POINTS = [RNG.randrange(2, 24) for _ in COMMIT_FAULTS]
-COMPARED = {
-    "class_areas": "stream_id, frame_index, pts_seconds, class_id, class_name, pixels, fraction",
-    "frames": "stream_id, frame_index, pts_seconds, width, height",
-}
 
 
 @pytest.fixture(scope="module")
@@ -69,38 +71,10 @@ def fault_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def spec_for(out: Path, job_id: str, videos: dict[str, Path]):
-    return parse_job_spec(
-        {
-            "job_id": job_id,
-            "model": {"name": "san_tiny_test", "weights": "random"},
-            "output": str(out),
-            "streams": [
-                {
-                    "id": "alpha",
-                    "source": str(videos["alpha"]),
-                    "vocabulary": ["sky", "road", "car"],
-                    "sampling": {"every": 1},
-                },
-                {
-                    "id": "beta",
-                    "source": str(videos["beta"]),
-                    "vocabulary": ["water", "grass"],
-                    "sampling": {"every": 1},
-                },
-            ],
-            "serve": {"batch_size": 4, "batch_wait_timeout_s": 0.05},
-        }
-    )
+    return parse_job_spec(two_stream_job(out, job_id, videos))
 
 
 SETTINGS = DecoderSettings(max_in_flight=4, flush_frames=4, poll_s=0.2)
-
-
-def table_rows(out: Path, table: str) -> list[tuple]:
-    return duckdb.sql(
-        f"SELECT {COMPARED[table]} FROM read_parquet('{out}/{table}/**/*.parquet') "
-        "ORDER BY stream_id, frame_index" + (", class_id" if table == "class_areas" else "")
-    ).fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -121,42 +95,17 @@ def run_with_fault(
     out: Path, job_id: str, videos: dict[str, Path], at_frame: int, inject: Callable[[JobStore, str], None]
 ) -> JobOutcome:
     """Run the job in a thread; when stream alpha has analysed `at_frame` frames, call `inject`."""
-    started: dict[str, str] = {}
-    result: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            result["outcome"] = run_job(
-                spec_for(out, job_id, videos),
-                settings=SETTINGS,
-                show_progress=False,
-                commit_interval_s=0.3,
-                on_started=lambda job, url: started.setdefault("url", url),
-            )
-        except BaseException as error:  # surfaced below
-            result["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while "url" not in started:
-        assert time.monotonic() < deadline and thread.is_alive(), result.get("error")
-        time.sleep(0.05)
-    store = JobStore.from_url(started["url"])
-    while store.stream_counter(job_id, "alpha", "analysed") < at_frame:
-        assert thread.is_alive(), f"job ended before kill point {at_frame}: {result}"
-        assert time.monotonic() < deadline, "job made no progress"
-        time.sleep(0.02)
+    job = BackgroundJob(
+        spec_for(out, job_id, videos), settings=SETTINGS, show_progress=False, commit_interval_s=0.3
+    )
+    job.wait_analysed(job_id, "alpha", at_frame)
+    store = job.store
     assert store.stream_status(job_id, "alpha") == "running"
     assert store.committed_frames(job_id, "alpha") < SAMPLED["alpha"] - 1, (
         "kill point came after the last commit"
     )
     inject(store, job_id)
-    thread.join(timeout=180)
-    assert not thread.is_alive(), "job did not finish after the fault"
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["outcome"]  # type: ignore[return-value]
+    return job.join()
 
 
 def kill_actor(role: str) -> Callable[[JobStore, str], None]:
@@ -261,16 +210,6 @@ def test_output_after_a_fault_equals_the_undisturbed_run(
 DRIVER_KILL_POINTS = sorted(RNG.sample(range(3, 30), 2))
 
 
-def sanstream(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def crash(process: subprocess.Popen[str]) -> None:
     """SIGKILL the driver and everything it started (its local Ray), like a machine losing power; the
     job-state Redis runs in its own session and survives, as it would on its own host."""
@@ -294,31 +233,11 @@ def test_killed_driver_is_resumed_exactly_once(
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(data))
     driver = sanstream("run", "--config", str(config), "--no-progress")
-    deadline = time.monotonic() + 180
-    while not (tmp_path / "redis" / "connection.json").exists():
-        assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    url, handle = resolve_redis(tmp_path)  # attaches to the job's own server without owning it
-    store = JobStore.from_url(url)
-    while not store.list_jobs() or store.stream_counter(job_id, "alpha", "analysed") < point:
-        assert driver.poll() is None, (
-            f"driver ended before kill point {point}: {driver.stdout.read() if driver.stdout else ''}"
-        )
-        assert time.monotonic() < deadline, "job made no progress"
-        time.sleep(0.05)
+    store = wait_for_progress(driver, tmp_path, job_id, point)
     crash(driver)
     assert store.status(job_id) == "running"
     assert store.committed_frames(job_id, "alpha") < SAMPLED["alpha"] - 1
-    again = (
-        sanstream("resume", job_id, "--out", str(tmp_path), "--no-progress")
-        if how == "resume"
-        else sanstream("run", "--config", str(config), "--no-progress")
-    )
-    output, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, output
+    continue_job(how, job_id, tmp_path, config)
     assert store.status(job_id) == "completed"
     for table in COMPARED:
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after resuming ({how})"
-    if handle is not None:
-        handle.stop()

@@ -78,9 +78,7 @@ def finished(
 
 
 def read(out: Path, sql: str) -> list[tuple]:
-    return duckdb.sql(
-        sql.format(areas=f"read_parquet('{out}/class_areas/**/*.parquet')")
-    ).fetchall()
+    return duckdb.sql(sql.format(areas=f"read_parquet('{out}/class_areas/**/*.parquet')")).fetchall()
 
 
 def test_good_streams_complete_and_bad_ones_fail_with_their_error(

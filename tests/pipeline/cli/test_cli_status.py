@@ -12,16 +12,18 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.cli.common import TERMINAL_STATUSES
 from pipeline.cli.main import main
 from pipeline.frames import FrameAreas
+from pipeline.jobs.lease import Holder, JobLease
 from pipeline.jobs.redis_server import EmbeddedRedis
 from pipeline.jobs.state import JobStore
+from pipeline.storage.recorder import StreamRecorder
 from pipeline.storage.rows import class_area_table
 from pipeline.storage.writer import PartWriter
 
@@ -70,8 +72,10 @@ def job_out(tmp_path: Path) -> Iterator[Path]:
         areas = [
             FrameAreas("cam-a", i, i / 2.0, 10, 10, np.array([100 - 10 * i, 10 * i]), 0.01) for i in range(5)
         ]
-        on_commit = partial(store.record_part, JOB, "cam-a")
-        with PartWriter(out, "class_areas", "cam-a", epoch=epoch, max_rows=6, on_commit=on_commit) as writer:
+        recorder = StreamRecorder(store, JOB, "cam-a")
+        with PartWriter(
+            out, "class_areas", JOB, "cam-a", epoch=epoch, max_rows=6, recorder=recorder
+        ) as writer:
             writer.append(class_area_table(areas, VOCAB, JOB))
         store.record_error(JOB, "cam-b", "decode", "cam-b: Connection refused by rtsp://cam-b.local/live")
         store.set_stream_status(JOB, "cam-b", "failed")
@@ -96,7 +100,8 @@ def test_status_json_reads_persisted_state_and_stops_its_server(job_out: Path, c
         5,
         4,
     )
-    assert a["committed"]["class_areas"] == {"rows": 10, "parts": 2, "last_frame": 4}
+    # last_pts: pts of frame 4 (2 fps), recorded with the part so a restarted live stream resumes after it
+    assert a["committed"]["class_areas"] == {"rows": 10, "parts": 2, "last_frame": 4, "last_pts": 2.0}
     assert (b["status"], b["written"], b["last_written_frame"], b["error_count"]) == ("failed", 0, -1, 1)
     assert b["errors"][0]["kind"] == "decode" and "Connection refused" in b["errors"][0]["message"]
     assert not port_open(recorded_port(job_out))
@@ -195,3 +200,57 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("REDIS_URL", "localhost:6379")
     code, _, err = run_cli(capsys, "status", "--out", empty)
     assert code == 2 and "cannot use REDIS_URL=localhost:6379" in err and "redis://" in err
+
+
+def test_interrupted_job_is_shown_with_how_to_resume_it(job_out: Path, capsys) -> None:
+    with EmbeddedRedis(job_out) as server:
+        store = JobStore(server.client(decode_responses=True))
+        store.set_status(JOB, "interrupted")
+        store.set_stream_status(JOB, "cam-a", "interrupted")
+        store.record_error(JOB, "cam-a", "interrupted", "stopped by SIGINT [driver] at frame 4")
+    code, out, err = run_cli(capsys, "status", JOB, "--out", job_out)
+    assert code == 0, err
+    assert f"job {JOB}: interrupted" in out
+    assert f"resume with: sanstream resume {JOB} --out {job_out}" in out
+    assert "stopped by SIGINT [driver] at frame 4" in out  # user text is not eaten as rich markup
+    assert any(line.startswith("│ cam-a") and "interrupted" in line for line in out.splitlines())
+    code, out, _ = run_cli(capsys, "status", JOB, "--out", job_out, "--json")
+    assert json.loads(out)["lease"] is None
+    # `interrupted` is not final: cancel ends it at once (no driver runs it to see a flag).
+    code, out, _ = run_cli(capsys, "cancel", JOB, "--out", job_out)
+    assert code == 0 and f"job {JOB} cancelled (it was interrupted)" in out
+    code, out, _ = run_cli(capsys, "status", JOB, "--out", job_out, "--json")
+    snap = json.loads(out)
+    assert snap["status"] == "cancelled"
+    assert {sid: s["status"] for sid, s in snap["streams"].items()} == {
+        "cam-a": "cancelled",
+        "cam-b": "failed",
+    }
+
+
+def test_running_job_shows_its_driver_or_that_it_has_none(job_out: Path, capsys) -> None:
+    # The fixture's job says running but no driver holds its lease: its driver died.
+    code, out, _ = run_cli(capsys, "status", JOB, "--out", job_out)
+    assert code == 0 and "no driver holds this job" in out
+    assert f"resume with: sanstream resume {JOB} --out {job_out}" in out
+    with EmbeddedRedis(job_out) as server:
+        client = server.client(decode_responses=True)
+        lease = JobLease(client, JOB, holder=Holder("gpu-node-7", 4242, ""))
+        lease.acquire()
+        code, out, _ = run_cli(capsys, "status", JOB, "--out", job_out)
+        assert code == 0 and "driver: pid 4242 on gpu-node-7 (lease token 1" in out
+        assert "resume with" not in out
+        code, out, _ = run_cli(capsys, "status", JOB, "--out", job_out, "--json")
+        assert json.loads(out)["lease"] == {
+            "host": "gpu-node-7",
+            "pid": 4242,
+            "started": "",
+            "pid_namespace": "",
+            "token": 1,
+            "ttl_s": pytest.approx(15, abs=2),
+        }
+        lease.release()
+
+
+def test_interrupted_is_not_a_terminal_status() -> None:
+    assert "interrupted" not in TERMINAL_STATUSES
