@@ -50,6 +50,7 @@ from pipeline.jobs.takeover import (
 )
 from pipeline.preflight import check_output_dir, check_weights, expected_frames
 from pipeline.storage.errors_table import export_errors
+from pipeline.storage.writer import CommitUncertain
 
 # Errors that retrying cannot fix: the job spec itself is wrong for this stream.
 PERMANENT_ERRORS = {"ProtocolNotAllowed"}
@@ -376,7 +377,8 @@ class _Run:
             if not self.lease.lost.is_set():  # else the pool may serve the driver that took over
                 undeploy(job_id)
         self._check_lease()
-        with contextlib.suppress(OSError):  # the records stay in the store; the next run exports them
+        # A failed export loses nothing: the records stay in the store and the next run exports them.
+        with contextlib.suppress(OSError, CommitUncertain):
             export_errors(store, self.spec.output, job_id, [s.id for s in self.spec.streams])
         statuses = {s.status for s in outcome.streams.values()} | {
             store.stream_status(job_id, sid) for sid in finished

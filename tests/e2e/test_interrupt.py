@@ -92,8 +92,8 @@ def job_server(tmp_path: Path) -> Iterator[list[EmbeddedRedis]]:
 
 @pytest.mark.parametrize(
     ("signum", "how"),
-    [(signal.SIGINT, "resume"), (signal.SIGTERM, "run-again")],
-    ids=["SIGINT-then-resume", "SIGTERM-then-run-again"],
+    [(signal.SIGINT, "resume"), (signal.SIGINT, "run-again"), (signal.SIGTERM, "run-again")],
+    ids=["SIGINT-then-resume", "SIGINT-then-run-again", "SIGTERM-then-run-again"],
 )
 def test_signal_interrupts_cleanly_and_the_job_continues_exactly_once(
     signum: int,
