@@ -12,26 +12,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.jobs.state import JobStore, StaleWriterError, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.storage.recorder import StreamRecorder
 from pipeline.storage.rows import records_table
 from pipeline.storage.writer import CommitRejected, CommittedPart, PartWriter, recover_staged_parts
 
 
-class _ExportRecorder:
+class _ExportRecorder(StreamRecorder):
+    """Records an export part under the export epoch, covering the records after `after`."""
+
     def __init__(self, store: JobStore, job_id: str, stream_id: str, after: int, epoch: int) -> None:
-        self.store, self.job_id, self.stream_id = store, job_id, stream_id
+        super().__init__(store, job_id, stream_id)
         self.after, self.epoch = after, epoch
 
-    def record(self, part: CommittedPart) -> None:
-        try:
-            self.store.record_export(
-                self.job_id, self.stream_id, part.table, part.name, self.after, part.last_frame, self.epoch
-            )
-        except (StaleWriterError, UnknownJobError) as error:
-            raise CommitRejected(str(error)) from error
-
-    def is_recorded(self, part: CommittedPart) -> bool:
-        return self.store.part_recorded(self.job_id, self.stream_id, part.table, part.name)
+    def _record(self, part: CommittedPart) -> None:
+        self.store.record_export(
+            self.job_id, self.stream_id, part.table, part.name, self.after, part.last_frame, self.epoch
+        )
 
 
 def export_errors(store: JobStore, out_dir: str | Path, job_id: str, stream_ids: list[str]) -> int:

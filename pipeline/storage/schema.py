@@ -151,12 +151,3 @@ def staging_dir(out_dir: str | Path, table: str, job_id: str, stream_id: str) ->
 def parts_glob(out_dir: str | Path, table: str, job_id: str | None = None) -> str:
     """Glob matching every committed part of `table` (of one job when `job_id` is given)."""
     return str(table_dir(out_dir, table) / (job_id or "*") / "*" / "*.parquet")
-
-
-def job_has_output(out_dir: str | Path, job_id: str) -> bool:
-    """True when any table (or the staging area) of `out_dir` holds a directory of job `job_id`."""
-    root = Path(out_dir)
-    return (
-        any(job_dir(root, table, job_id).is_dir() for table in TABLES)
-        or (root / STAGING_DIR / job_id).is_dir()
-    )

@@ -143,9 +143,12 @@ class StreamSink:
         self.epoch = self.store.bump_writer_epoch(job_id, stream_id)
         recorder = _FaultyRecorder(self)
         self.writers = {}
+        # One read of the stream's commit records (the hash grows with every part), split by table.
+        recorded: dict[str, set[str]] = {table: set() for table in SINK_TABLES}
+        for part in self.store.committed_parts(job_id, stream_id):
+            recorded.setdefault(part["table"], set()).add(part["part"])
         for table in SINK_TABLES:
-            recorded = {part["part"] for part in self.store.committed_parts(job_id, stream_id, table)}
-            recover_staged_parts(self.out_dir, table, job_id, stream_id, recorded)
+            recover_staged_parts(self.out_dir, table, job_id, stream_id, recorded[table])
             self.writers[table] = PartWriter(
                 self.out_dir,
                 table,
@@ -156,7 +159,7 @@ class StreamSink:
                 recorder=recorder,
                 failpoint=self.failpoint,
             )
-        if not self.store.committed_parts(job_id, stream_id, "vocabularies"):
+        if not recorded["vocabularies"]:
             self.writers["vocabularies"].append(vocabulary_rows(job_id, stream_id, self.vocabulary))
             self._guarded(self.writers["vocabularies"].flush)
         # Per table, the last frame already committed: rows at or below it are dropped, so frames replayed

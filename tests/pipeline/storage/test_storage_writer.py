@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.jobs.takeover import existing_output
 from pipeline.storage import writer as writer_module
 from pipeline.storage.rows import class_area_table, records_table, vocabulary_rows
 from pipeline.storage.schema import (
@@ -23,7 +24,6 @@ from pipeline.storage.schema import (
     STAGING_DIR,
     STREAM_ID,
     TABLES,
-    job_has_output,
     parts_glob,
     staging_dir,
     stream_dir,
@@ -95,7 +95,8 @@ def test_layout_is_job_then_stream_dirs_with_staging_outside_every_table(tmp_pat
     assert sorted(map(Path, glob.glob(parts_glob(tmp_path, "class_areas")))) == part_files(tmp_path)
     assert sorted(map(Path, glob.glob(parts_glob(tmp_path, "class_areas", JOB)))) == part_files(tmp_path)
     assert glob.glob(parts_glob(tmp_path, "class_areas", "job-2")) == []
-    assert job_has_output(tmp_path, JOB) and not job_has_output(tmp_path, "job-2")
+    # the check that refuses to recreate a lost job over its output finds what the writer wrote
+    assert existing_output(tmp_path, JOB) and not existing_output(tmp_path, "job-2")
     # a part read on its own, without its directories, still says which job and stream it is: plain strings
     table = pq.read_table(parts[0].path)
     assert pa.string() == STREAM_ID  # plain strings: no dictionary, no hive key type to match
