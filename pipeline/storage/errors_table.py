@@ -45,7 +45,7 @@ def export_errors(store: JobStore, out_dir: str | Path, job_id: str, stream_ids:
 def _export_stream(store: JobStore, out_dir: Path, job_id: str, stream_id: str) -> int:
     epoch = store.bump_export_epoch(job_id, stream_id, "errors")
     recorded = {part["part"] for part in store.committed_parts(job_id, stream_id, "errors")}
-    recover_staged_parts(out_dir, "errors", job_id, stream_id, recorded)
+    recover_staged_parts(out_dir, "errors", job_id, stream_id, recorded, epoch=epoch)
     exported, pending = store.errors_to_export(job_id, stream_id)
     if not pending:
         return 0

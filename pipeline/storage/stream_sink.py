@@ -148,7 +148,7 @@ class StreamSink:
         for part in self.store.committed_parts(job_id, stream_id):
             recorded.setdefault(part["table"], set()).add(part["part"])
         for table in SINK_TABLES:
-            recover_staged_parts(self.out_dir, table, job_id, stream_id, recorded[table])
+            recover_staged_parts(self.out_dir, table, job_id, stream_id, recorded[table], epoch=self.epoch)
             self.writers[table] = PartWriter(
                 self.out_dir,
                 table,

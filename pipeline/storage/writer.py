@@ -448,13 +448,22 @@ class PartWriter:
 
 
 def recover_staged_parts(
-    out_dir: str | Path, table: str, job_id: str, stream_id: str, recorded: Collection[str]
+    out_dir: str | Path,
+    table: str,
+    job_id: str,
+    stream_id: str,
+    recorded: Collection[str],
+    *,
+    epoch: int,
 ) -> Recovery:
-    """Finish or roll back what an earlier writer of this job's stream left in staging.
+    """Finish or roll back what earlier writers of this job's stream left in staging.
 
-    Call only after taking a new writer epoch: from then on a staged part that is not recorded can never
-    be recorded (the store rejects its epoch), so it is removed; a recorded one is committed and is
-    published. Only this job's own staging directory is touched; a published part is never removed.
+    Call right after taking the new writer epoch `epoch`, with the records read after taking it. A staged
+    part of an OLDER epoch that is not recorded can never be recorded (the store rejects its epoch), so it
+    is removed; a recorded one is committed and is published. A part of this or a NEWER epoch is left
+    alone: a writer that took an epoch after this one may be between staging and recording it, and by then
+    this caller is the stale one. Only this job's own staging directory is touched; a published part is
+    never removed.
     """
     recovery = Recovery()
     staging = staging_dir(out_dir, table, job_id, stream_id)
@@ -462,10 +471,13 @@ def recover_staged_parts(
         return recovery
     final_dir = stream_dir(out_dir, table, job_id, stream_id)
     for entry in os.scandir(staging):
-        if not PART_NAME_RE.fullmatch(entry.name):
+        match = PART_NAME_RE.fullmatch(entry.name)
+        if match is None:
             continue
         staged = Path(entry.path)
         if entry.name not in recorded:
+            if int(match["epoch"]) >= epoch:
+                continue  # a newer writer's part in flight (see the docstring)
             staged.unlink(missing_ok=True)
             recovery.removed.append(staged)
             continue

@@ -42,7 +42,7 @@ def recorded(store: JobStore) -> list[str]:
 def new_generation(out, store: JobStore) -> int:
     """What every new attempt does first: take an epoch, then finish or roll back what is staged."""
     epoch = store.bump_writer_epoch("job-1", "cam")
-    recover_staged_parts(out, "class_areas", "job-1", "cam", recorded(store))
+    recover_staged_parts(out, "class_areas", "job-1", "cam", recorded(store), epoch=epoch)
     return epoch
 
 

@@ -89,7 +89,7 @@ def job(store: JobStore) -> JobStore:
 def new_writer(out: Path, store: JobStore, recorder=None, **kwargs) -> PartWriter:
     """A writer generation: a new epoch, then (as every attempt does) recovery of the staging area."""
     epoch = store.bump_writer_epoch(JOB, STREAM)
-    recover_staged_parts(out, "class_areas", JOB, STREAM, recorded(store))
+    recover_staged_parts(out, "class_areas", JOB, STREAM, recorded(store), epoch=epoch)
     recorder = recorder if recorder is not None else StreamRecorder(store, JOB, STREAM)
     return PartWriter(out, "class_areas", JOB, STREAM, epoch=epoch, recorder=recorder, **kwargs)
 
@@ -298,7 +298,9 @@ def test_recovery_touches_only_its_own_jobs_stream_staging(tmp_path, job):
     snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     # Recovery of JOB/cam with an empty record set: nothing of it is staged, so it must change nothing.
-    result = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded=set())
+    result = recover_staged_parts(
+        tmp_path, "class_areas", JOB, STREAM, recorded=set(), epoch=job.writer_epoch(JOB, STREAM)
+    )
     assert result.published == [] and result.removed == []
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
     # A published part that (for whatever reason) is not recorded is never removed by recovery.
@@ -316,14 +318,14 @@ def test_recovery_publishes_recorded_and_removes_unrecorded_staged_parts(tmp_pat
         writer.append(rows(range(1, 2)))
     committed, unrecorded = part_name(0, 0, 1, 0), part_name(1, 1, 1, 1)  # seq 0 of epoch 1 is staged
     assert staged(tmp_path) == {committed, unrecorded} and recorded(job) == {committed}
-    job.bump_writer_epoch(JOB, STREAM)
-    result = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded(job))
+    epoch = job.bump_writer_epoch(JOB, STREAM)
+    result = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded(job), epoch=epoch)
     final = stream_dir(tmp_path, "class_areas", JOB, STREAM)
     assert result.published == [final / committed]
     assert result.removed == [staging_dir(tmp_path, "class_areas", JOB, STREAM) / unrecorded]
     assert pq.read_table(final / committed)["frame_index"].to_pylist() == [0, 0]
     # Run again (a second restart): nothing left to do.
-    again = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded(job))
+    again = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded(job), epoch=epoch)
     assert again.published == [] and again.removed == []
 
 
@@ -335,6 +337,30 @@ def test_recovery_of_a_part_already_published_drops_the_staged_copy(tmp_path, jo
     published = part.path.read_bytes()
     copy = staging_dir(tmp_path, "class_areas", JOB, STREAM) / part.name
     copy.write_bytes(b"a stale copy")
-    result = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded(job))
+    epoch = job.bump_writer_epoch(JOB, STREAM)
+    result = recover_staged_parts(tmp_path, "class_areas", JOB, STREAM, recorded(job), epoch=epoch)
     assert result.published == [] and result.removed == []
     assert not copy.exists() and part.path.read_bytes() == published
+
+
+def test_a_superseded_recovery_never_removes_a_newer_writers_part_in_flight(tmp_path, job):
+    """Two attempts overlap: the older one takes its epoch, the newer one takes a later epoch and stages a
+    part, and only then does the older one recover staging. The newer part is not recorded yet, but it may
+    still be: recovery must leave it, or the newer writer records a part whose file is gone."""
+    older = job.bump_writer_epoch(JOB, STREAM)
+    newer = job.bump_writer_epoch(JOB, STREAM)
+    in_flight: dict[str, object] = {}
+
+    def older_recovers_now(point: str) -> None:
+        if point == "staged":
+            in_flight["result"] = recover_staged_parts(
+                tmp_path, "class_areas", JOB, STREAM, recorded(job), epoch=older
+            )
+
+    recorder = StreamRecorder(job, JOB, STREAM)
+    with PartWriter(
+        tmp_path, "class_areas", JOB, STREAM, epoch=newer, recorder=recorder, failpoint=older_recovers_now
+    ) as writer:
+        [part] = writer.append(rows(range(2))) + writer.close()
+    assert in_flight["result"].removed == []  # type: ignore[union-attr]
+    assert visible(tmp_path) == recorded(job) == {part.name}
