@@ -1,9 +1,11 @@
-"""One decoder actor per stream: decode and sample with PyAV, send frames to the SAN pool, hand the
-answers to the stream's writer in frame order.
+"""One stream's loop inside a decoder actor: decode and sample with PyAV, send frames to the SAN pool,
+hand the answers to the job's writer in frame order. `actors.decoder_host.DecoderHost` runs many of these
+in one process, each a coroutine on the actor's event loop with its own decoding thread.
 
 Decoding runs in a thread that fills a bounded queue: for files the queue blocks (backpressure, nothing is
 lost), for live sources it drops the oldest frame (counted) so a slow pool never makes a camera fall
-behind real time.
+behind real time. The loop waits on that queue without a thread of its own (`FrameQueue.get_async`), so a
+stream whose source hangs holds only its own decoding thread and never delays the others in the process.
 
 Latency: answers are collected as they complete (`InFlight`), not when the in-flight window is full, and
 handed to the writer every `flush_frames` frames or, with `commit=True`, whenever `flush_interval_s` has
@@ -12,13 +14,13 @@ interval rather than after `flush_frames` seconds.
 
 Recovery: every attempt starts with `writer.begin()`, which answers the first uncommitted frame, and
 decoding restarts there. If the writer or a replica dies mid-attempt (Ray restarts both), the attempt is
-abandoned and a new one starts from the committed position; if this actor dies, Ray restarts it and
-re-runs `run()`, which does the same. Output stays exactly-once because only committed parts count and the
-writer drops replayed rows at or below the committed frame. A file replays from there (seeking to the
-keyframe before it). A live source cannot replay: what the failed attempt analysed but did not commit is
-lost, so the new attempt continues the timeline after the last committed frame and records the loss as a
-`gaps` row (see `ResumePoint`). While a live source cannot connect the stream's status is `reconnecting`,
-with its errors recorded at a bounded rate.
+abandoned and a new one starts from the committed position; if the decoder actor dies, Ray restarts it and
+re-runs each of its streams' `run()`, which does the same. Output stays exactly-once because only committed
+parts count and the writer drops replayed rows at or below the committed frame. A file replays from there
+(seeking to the keyframe before it). A live source cannot replay: what the failed attempt analysed but did
+not commit is lost, so the new attempt continues the timeline after the last committed frame and records
+the loss as a `gaps` row (see `ResumePoint`). While a live source cannot connect the stream's status is
+`reconnecting`, with its errors recorded at a bounded rate.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -59,6 +60,7 @@ from pipeline.decode import (
     SourceOptions,
     VideoDecoder,
 )
+from pipeline.decode.pacing import paced
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
 from pipeline.jobs.spec import DEFAULT_FLUSH_INTERVAL_S, StreamSpec
@@ -99,7 +101,7 @@ class DecoderSettings:
     """
 
     max_in_flight: int = 16
-    queue_size: int = 32
+    queue_size: int = 8
     flush_frames: int = 32
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     error_interval_s: float = 30.0
@@ -137,20 +139,17 @@ def sampler_for(stream: StreamSpec) -> Sampler:
     return Sampler(fps=stream.sampling.fps or 1.0)
 
 
-def actor_name(job_id: str, stream_id: str, role: str) -> str:
-    """Named actors let operators (and fault-injection tests) find a stream's actors."""
-    return f"{job_id}:{stream_id}:{role}"
+class StreamRunner:
+    """Runs one stream from its committed position to the end (or cancellation, or a decode error).
 
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-class StreamDecoder:
-    """Runs one stream from its committed position to the end (or cancellation, or a decode error)."""
+    `writer` is the job's `JobWriter` on this node, shared with other streams; every call names the stream.
+    """
 
     def __init__(
         self,
         job_id: str,
         stream: StreamSpec,
-        redis_url: str,
+        store: JobStore,
         pool: Any,
         writer: Any,
         settings: DecoderSettings,
@@ -158,7 +157,7 @@ class StreamDecoder:
     ) -> None:
         self.job_id = job_id
         self.stream = stream
-        self.store = JobStore.from_url(redis_url)
+        self.store = store
         self.pool = pool
         self.writer = writer
         self.settings = settings
@@ -173,9 +172,6 @@ class StreamDecoder:
         self._first_uncommitted: CommittedFrame | None = None
         self._loss: str | None = None
         self._gaps: list[Gap] = []
-
-    def pid(self) -> int:
-        return os.getpid()
 
     async def run(self) -> StreamOutcome:
         job, sid = self.job_id, self.stream.id
@@ -228,7 +224,10 @@ class StreamDecoder:
         """Decoder thread: fill `frames` from the source; any error is handed to the consumer, which owns
         the stream's state."""
         try:
-            for frame in self._frames(begun, resume, stop, gaps, counts):
+            source = self._frames(begun, resume, stop, gaps, counts)
+            if self.stream.realtime and not self.stream.live:
+                source = paced(source, stop)
+            for frame in source:
                 if stop.is_set():
                     break
                 frames.put(frame)
@@ -319,7 +318,9 @@ class StreamDecoder:
 
     async def _attempt(self, outcome: StreamOutcome) -> None:
         job, sid = self.job_id, self.stream.id
-        begun: WriterStart = await self._call(self.writer.begin.remote())
+        begun: WriterStart = await self._call(
+            self.writer.begin.remote(self.stream.id, list(self.stream.vocabulary))
+        )
         epoch = begun.epoch
         resume = self._resume_point(begun) if self.stream.live else None
         self._loss, self._last_handed = None, None
@@ -363,9 +364,7 @@ class StreamDecoder:
                         stop.set()
                         frames.cancel()
                 if getter is None and not exhausted and not in_flight.full:
-                    getter = _quiet(
-                        asyncio.ensure_future(asyncio.to_thread(frames.get, self.settings.poll_s))
-                    )
+                    getter = _quiet(asyncio.ensure_future(frames.get_async(self.settings.poll_s)))
                 await in_flight.wait(
                     {getter} if getter is not None else set(),
                     clock.wait_s(len(answered), self.settings.poll_s),
@@ -394,10 +393,10 @@ class StreamDecoder:
                     answered, wall_times = [], []
                 if gaps:
                     await self._write_gaps(gaps, epoch)
-            producer.join(timeout=5)
+            await asyncio.to_thread(producer.join, 5)  # it is ending: the queue was closed
             await self._write_gaps(gaps, epoch)
             await self._hand_over(answered, wall_times, epoch, True, clock)
-            await self._call(self.writer.close.remote(epoch))
+            await self._call(self.writer.close.remote(self.stream.id, epoch))
         finally:
             stop.set()
             frames.cancel()
@@ -435,7 +434,9 @@ class StreamDecoder:
         """Give answered frames to the writer; after a commit, remember the last frame it holds."""
         if not answered and not (commit and clock.handed):
             return
-        committed = await self._call(self.writer.append.remote(answered, wall_times, epoch, commit))
+        committed = await self._call(
+            self.writer.append.remote(self.stream.id, answered, wall_times, epoch, commit)
+        )
         done = commit or committed > 0  # the writer commits everything it holds, or nothing
         clock.handed_over(len(answered), done)
         if answered:
@@ -450,7 +451,9 @@ class StreamDecoder:
         if not gaps:
             return
         batch = list(gaps)
-        await self._call(self.writer.add_gaps.remote([g.row(self.job_id) for g in batch], epoch))
+        await self._call(
+            self.writer.add_gaps.remote(self.stream.id, [g.row(self.job_id) for g in batch], epoch)
+        )
         del gaps[: len(batch)]
 
     def _report(self, counts: dict[str, int], reported: dict[str, int], dropped: int) -> None:

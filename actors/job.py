@@ -1,5 +1,5 @@
-"""Running a job: the driver that starts Ray (or joins a cluster), the SAN pool, and a decoder and a writer
-per stream, shows progress, applies each stream's failure policy and records the outcome.
+"""Running a job: the driver that starts Ray (or joins a cluster), the SAN pool, decoder actors that carry
+many streams each and a writer per node (`actors.placement`), shows progress, applies each stream's failure policy and records the outcome.
 
 A stream that fails (bad file, dead camera) is retried as its failure policy says, then recorded as failed
 with its error while the other streams carry on; the job completes when at least one stream completed.
@@ -30,11 +30,11 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.markup import escape
 
-from actors.decoder import DecoderSettings, StreamDecoder, StreamOutcome, actor_name
+from actors.decoder import DecoderSettings, StreamOutcome
+from actors.placement import Placement, place_streams
 from actors.progress import progress_bars, update_progress
 from actors.segmentation import deploy, undeploy
 from actors.signals import DriverSignals, JobInterrupted
-from actors.writer import StreamWriter
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
@@ -57,15 +57,6 @@ PERMANENT_ERRORS = {"ProtocolNotAllowed"}
 # After the first SIGINT/SIGTERM, how long decoders get to commit and return before they are killed
 # (what they committed is safe either way; waiting only saves re-analysing the frames in flight).
 INTERRUPT_GRACE_S = 20.0
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Custom Ray resources each kind of actor requires, to decide which nodes run what (e.g. decoders on
-    CPU nodes near the cameras, replicas on GPU nodes). Empty means anywhere."""
-
-    decoders: dict[str, float] = field(default_factory=dict)
-    replicas: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,34 +274,29 @@ class _Run:
         try:
             pool = deploy(self.spec, job_id, self.placement.replicas)
             self._check_lease()
-            decoders: dict[str, Any] = {}
             pending: dict[Any, str] = {}
             attempts: dict[str, int] = {}
             # The spec's flush interval bounds how long an analysed frame waits to be committed.
             settings = dataclasses.replace(self.settings, flush_interval_s=self.spec.flush_interval_s)
-            for stream in self.spec.streams:
-                if stream.id in finished:
-                    continue
+            to_run = [stream for stream in self.spec.streams if stream.id not in finished]
+            carriers = place_streams(
+                self.spec,
+                job_id,
+                to_run,
+                self.redis_url,
+                pool,
+                settings,
+                self.placement,
+                self.commit_interval_s,
+            )
+            actors += carriers.actors
+            for stream in to_run:
                 with contextlib.suppress(Exception):
                     store.set_stream_status(job_id, stream.id, "running")
-                writer = StreamWriter.options(
-                    name=actor_name(job_id, stream.id, "writer"), resources=self.placement.decoders
-                ).remote(
-                    str(self.spec.output),
-                    job_id,
-                    stream.id,
-                    list(stream.vocabulary),
-                    self.redis_url,
-                    self.commit_interval_s,
-                )
-                decoder = StreamDecoder.options(
-                    name=actor_name(job_id, stream.id, "decoder"), resources=self.placement.decoders
-                ).remote(job_id, stream, self.redis_url, pool, writer, settings, self.spec.store_labels)
-                actors += [writer, decoder]
-                decoders[stream.id] = decoder
+                    store.set_stream_actors(job_id, stream.id, *carriers.names[stream.id])
                 attempts[stream.id] = 1
-                pending[decoder.run.remote()] = stream.id
-            totals = {s.id: expected_frames(s) for s in self.spec.streams if s.id in decoders}
+                pending[carriers.start(stream)] = stream.id
+            totals = {s.id: expected_frames(s) for s in to_run}
             with progress_bars(console, show_progress) as progress:
                 tasks = {
                     sid: progress.add_task(escape(sid), total=total, written=0)
@@ -333,7 +319,7 @@ class _Run:
                     for stream_id, due in list(retry_at.items()):
                         if time.monotonic() >= due:
                             del retry_at[stream_id]
-                            pending[decoders[stream_id].run.remote()] = stream_id
+                            pending[carriers.start(self.spec.stream(stream_id))] = stream_id
                     if not pending:
                         time.sleep(0.2)
                         continue

@@ -245,8 +245,8 @@ def warm_up(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, si
 
 ROLES = (
     ("ray::ServeReplica", "replica"),
-    ("ray::StreamDecoder", "decoder"),
-    ("ray::StreamWriter", "writer"),
+    ("ray::DecoderHost", "decoder"),
+    ("ray::JobWriter", "writer"),
     ("ray::ServeController", "serve_controller"),
     ("ray::DashboardAgent", "ray_system"),
     ("ray::RuntimeEnvAgent", "ray_system"),

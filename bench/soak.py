@@ -66,8 +66,8 @@ VOCABULARIES = [
 # Ray worker processes name themselves "ray::<Actor>" (or "ray::IDLE"); the first match wins.
 WORKER_ROLES = (
     ("ray::ServeReplica", "replica"),
-    ("ray::StreamDecoder", "decoder"),
-    ("ray::StreamWriter", "writer"),
+    ("ray::DecoderHost", "decoder"),
+    ("ray::JobWriter", "writer"),
     ("ray::ServeController", "serve_controller"),
 )
 SYSTEM_WORKERS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # "ray::" titles that are not workers

@@ -3,8 +3,9 @@
 Modules: `source` opens inputs safely (allowlist, timeouts), `sampling` picks frames, `decoder` yields
 them, `seek` resumes a file at a frame by seeking, `live` keeps a live network stream going across outages
 (reconnects, stall watchdog, gap records; with `outages`, `handoff` and `interrupt`),
-`orientation` applies rotation metadata, `queues` buffers them between threads, `probe` describes a source
-up front, and `errors` holds the exceptions users act on.
+`orientation` applies rotation metadata, `queues` buffers them between threads, `pacing` releases a file's
+frames at its own frame rate (`realtime: true`), `probe` describes a source up front, and `errors` holds the
+exceptions users act on.
 """
 
 from pipeline.decode.decoder import DecodeStats, VideoDecoder, decode_frames, iter_frames
@@ -17,6 +18,7 @@ from pipeline.decode.errors import (
     SourceUnreachable,
 )
 from pipeline.decode.live import Gap, LiveSource, LiveStats, LiveTimeline, ReconnectPolicy, ResumePoint
+from pipeline.decode.pacing import paced
 from pipeline.decode.probe import VideoInfo, probe
 from pipeline.decode.queues import FrameQueue, QueueClosed, QueuePolicy, frame_queue
 from pipeline.decode.sampling import FrameSelector, Sampler
@@ -56,6 +58,7 @@ __all__ = [
     "frame_queue",
     "iter_frames",
     "open_source",
+    "paced",
     "probe",
     "source_scheme",
 ]

@@ -16,6 +16,8 @@ are discarded); both wake every blocked producer and consumer so no thread hangs
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -53,6 +55,8 @@ class FrameQueue(Generic[T]):
         self._not_full = threading.Condition(self._lock)
         self._closed = False
         self._dropped = 0
+        # Coroutines waiting in `get_async`, woken from the producer's thread through their own loop.
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def dropped(self) -> int:
@@ -92,6 +96,7 @@ class FrameQueue(Generic[T]):
                         raise QueueClosed
             self._items.append(item)
             self._not_empty.notify()
+            self._wake_async()
 
     def get(self, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting up to `timeout` seconds (then `queue.Empty`).
@@ -118,6 +123,7 @@ class FrameQueue(Generic[T]):
             self._closed = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
+            self._wake_async()
 
     def cancel(self) -> None:
         """Close and discard everything queued, for shutting a stream down without draining it."""
@@ -126,6 +132,46 @@ class FrameQueue(Generic[T]):
             self._items.clear()
             self._not_empty.notify_all()
             self._not_full.notify_all()
+            self._wake_async()
+
+    async def get_async(self, timeout: float | None = None) -> T:
+        """`get` for a coroutine: waits without a thread, so one event loop can consume the queues of
+        many streams (a thread pool would make streams queue for its few threads).
+
+        Raises:
+            QueueClosed: the queue is closed and empty, or was cancelled.
+            queue.Empty: nothing arrived within `timeout` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._lock:
+                if self._items:
+                    item = self._items.popleft()
+                    self._not_full.notify()
+                    return item
+                if self._closed:
+                    raise QueueClosed
+                woken: asyncio.Future[None] = loop.create_future()
+                self._async_waiters.append((loop, woken))
+            remaining = None if deadline is None else deadline - loop.time()
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(woken, remaining)
+            except TimeoutError:
+                raise queue.Empty from None
+            finally:
+                with self._lock:
+                    if (loop, woken) in self._async_waiters:
+                        self._async_waiters.remove((loop, woken))
+
+    def _wake_async(self) -> None:
+        """Wake every `get_async` waiter (called with the lock held, from any thread)."""
+        for loop, woken in self._async_waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting there
+                loop.call_soon_threadsafe(_resolve, woken)
+        self._async_waiters.clear()
 
     def __iter__(self) -> Iterator[T]:
         """Yield items until the queue is closed and drained (or cancelled)."""
@@ -134,6 +180,11 @@ class FrameQueue(Generic[T]):
                 yield self.get()
             except QueueClosed:
                 return
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def frame_queue(maxsize: int, live: bool) -> FrameQueue[Frame]:

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from pipeline.jobs.checks import Checker, describe, join_path, show
+from pipeline.jobs.decoding import DecodingSpec, parse_decoding
 from pipeline.jobs.ids import id_problem, unique_stream_ids
 
 MAX_CLASSES = 1000
@@ -103,6 +104,8 @@ class StreamSpec:
         source: absolute file path, or an http/https/rtsp/rtsps URL.
         vocabulary: one entry per class; an entry may list synonyms as "car, automobile".
         live: True for sources that arrive in real time (defaults to True for rtsp/rtsps).
+        realtime: files only: read at the file's own frame rate, as a camera would deliver it, to rehearse
+            a live deployment or load-test one; still replayed exactly after a crash, never dropping frames.
     """
 
     id: str
@@ -111,6 +114,7 @@ class StreamSpec:
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     live: bool = False
     failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
+    realtime: bool = False
 
     @property
     def synonyms(self) -> list[list[str]]:
@@ -143,7 +147,7 @@ class JobSpec:
 
     `flush_interval_s` bounds how long an analysed frame waits before it is committed to Parquet,
     whatever the frame rate: how stale a live dashboard can be, and how much a crash can cost a live
-    stream (a live source cannot replay what was lost).
+    stream (a live source cannot replay what was lost). `decoding` groups streams into decoder actors.
     """
 
     job_id: str | None
@@ -153,6 +157,7 @@ class JobSpec:
     serve: ServeSpec = field(default_factory=ServeSpec)
     store_labels: bool = False
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
+    decoding: DecodingSpec = field(default_factory=DecodingSpec)
 
     def stream(self, stream_id: str) -> StreamSpec:
         for s in self.streams:
@@ -289,7 +294,7 @@ def _parse_sampling(c: Checker, value: Any, path: str) -> SamplingSpec:
 
 
 def _parse_stream(c: Checker, value: Any, path: str) -> tuple[StreamSpec, str | None] | None:
-    keys = ("id", "source", "vocabulary", "sampling", "live", "failure_policy")
+    keys = ("id", "source", "vocabulary", "sampling", "live", "failure_policy", "realtime")
     raw = c.mapping(value, path, keys)
     if raw is None:
         return None
@@ -314,6 +319,12 @@ def _parse_stream(c: Checker, value: Any, path: str) -> tuple[StreamSpec, str | 
     retries = 0
     if policy_raw and "retries" in policy_raw:
         retries = c.integer(policy_raw["retries"], join_path(path, "failure_policy.retries"), 0) or 0
+    realtime = False
+    if raw.get("realtime") is not None:
+        realtime = bool(c.boolean(raw["realtime"], join_path(path, "realtime")))
+    if realtime and scheme is not None:
+        message = "only for files; network and live sources already arrive in real time"
+        c.error(join_path(path, "realtime"), message)
     spec = StreamSpec(
         id=stream_id or "",
         source=source,
@@ -321,6 +332,7 @@ def _parse_stream(c: Checker, value: Any, path: str) -> tuple[StreamSpec, str | 
         sampling=sampling,
         live=live,
         failure_policy=FailurePolicy(retries=retries),
+        realtime=realtime,
     )
     return spec, scheme
 
@@ -408,7 +420,7 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
     `base_dir` defaults to the current directory; `source` only names the spec in error messages.
     """
     c = Checker(Path(os.path.abspath(base_dir)) if base_dir is not None else Path.cwd())
-    keys = ("job_id", "model", "output", "streams", "serve", "store_labels", "flush_interval_s")
+    keys = ("job_id", "model", "output", "streams", "serve", "store_labels", "flush_interval_s", "decoding")
     raw = c.mapping(data, "", keys)
     if raw is None or not raw:
         if raw is not None:
@@ -434,9 +446,10 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
     flush_interval_s = DEFAULT_FLUSH_INTERVAL_S
     if "flush_interval_s" in raw:
         flush_interval_s = c.number(raw["flush_interval_s"], "flush_interval_s", 0.0, inclusive=False) or 0.0
+    decoding = parse_decoding(c, raw.get("decoding"))
     if c.problems:
         raise JobSpecError(c.problems, source)
-    return JobSpec(job_id, model, output, streams, serve, store_labels, flush_interval_s)
+    return JobSpec(job_id, model, output, streams, serve, store_labels, flush_interval_s, decoding)
 
 
 def load_job_spec(path: str | Path) -> JobSpec:

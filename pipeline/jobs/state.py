@@ -320,6 +320,16 @@ class JobStore:
         what = f"stream {stream_id!r} of job {job_id!r}"
         return self._transition(key, what, status, STREAM_STATUSES, _STREAM_TRANSITIONS)
 
+    def set_stream_actors(self, job_id: str, stream_id: str, decoder: str, writer: str) -> None:
+        """Name the decoder and writer actors that carry the stream (shown by `status`, used by operators
+        and fault tests to find the process of a stream among shared ones)."""
+        self.r.hset(self._stream(job_id, stream_id), mapping={"decoder": decoder, "writer": writer})
+
+    def stream_actors(self, job_id: str, stream_id: str) -> tuple[str, str]:
+        """(decoder actor name, writer actor name) of the stream, '' where not placed yet."""
+        decoder, writer = self.r.hmget(self._stream(job_id, stream_id), ["decoder", "writer"])
+        return (_text(decoder) if decoder else "", _text(writer) if writer else "")
+
     def stream_status(self, job_id: str, stream_id: str) -> str:
         value = self.r.hget(self._stream(job_id, stream_id), "status")
         if value is None:
@@ -564,6 +574,8 @@ class JobStore:
                 if name.startswith("committed:"):
                     _, table, stat = name.split(":", 2)
                     committed.setdefault(table, {})[stat] = _number(value)
+                elif name in ("decoder", "writer"):  # actor names
+                    info[name] = value
                 else:
                     info[name] = _number(value)
             info["committed"] = committed

@@ -23,7 +23,7 @@ import pytest
 import ray
 import yaml
 
-from actors.decoder import DecoderSettings, actor_name
+from actors.decoder import DecoderSettings
 from actors.job import JobOutcome, run_job
 from actors.writer import WriterRestarted
 from pipeline.frames import FrameAreas
@@ -108,9 +108,20 @@ def run_with_fault(
     return job.join()
 
 
+def stream_actor(store: JobStore, job_id: str, stream_id: str, role: str) -> ray.actor.ActorHandle:
+    """The decoder or writer actor carrying `stream_id`, as the job recorded it."""
+    decoder, writer = store.stream_actors(job_id, stream_id)
+    return ray.get_actor(decoder if role == "decoder" else writer)
+
+
 def kill_actor(role: str) -> Callable[[JobStore, str], None]:
+    """SIGKILL the decoder or writer process of stream alpha, which carries stream beta as well."""
+
     def inject(store: JobStore, job_id: str) -> None:
-        actor = ray.get_actor(actor_name(job_id, "alpha", role))
+        assert store.stream_actors(job_id, "alpha") == store.stream_actors(job_id, "beta"), (
+            "both streams should share their actors"
+        )
+        actor = stream_actor(store, job_id, "alpha", role)
         os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
 
     return inject
@@ -140,11 +151,11 @@ def arm_writer(point: str, action: str) -> Callable[[JobStore, str], None]:
     """Crash the real writer of stream alpha (or lose a reply) at a step of its next part commit."""
 
     def inject(store: JobStore, job_id: str) -> None:
-        writer = ray.get_actor(actor_name(job_id, "alpha", "writer"))
-        ray.get(writer.arm_failpoint.remote(point, action))
+        writer = stream_actor(store, job_id, "alpha", "writer")
+        ray.get(writer.arm_failpoint.remote("alpha", point, action))
         if action == "lose_reply":  # the writer lives on: wait until the reply was really lost once
             deadline = time.monotonic() + 60
-            while ray.get(writer.armed_failpoints.remote()):
+            while ray.get(writer.armed_failpoints.remote("alpha")):
                 assert time.monotonic() < deadline, f"failpoint {point} never hit"
                 time.sleep(0.05)
 

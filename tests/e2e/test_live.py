@@ -18,7 +18,7 @@ import duckdb
 import pytest
 import ray
 
-from actors.decoder import DecoderSettings, actor_name
+from actors.decoder import DecoderSettings
 from actors.job import JobOutcome, run_job
 from pipeline.jobs.redis_server import EmbeddedRedis
 from pipeline.jobs.spec import parse_job_spec
@@ -215,7 +215,7 @@ def test_a_writer_killed_mid_stream_leaves_a_gap_row_and_the_timeline_goes_on(
     )
     written = lambda: store.stream_counter("kill-writer", "gate", "written")  # noqa: E731
     wait_for(lambda: written() >= 5, thread, 90, "committed frames before the kill")
-    writer = ray.get_actor(actor_name("kill-writer", "gate", "writer"))
+    writer = ray.get_actor(store.stream_actors("kill-writer", "gate")[1])
     os.kill(ray.get(writer.pid.remote()), signal.SIGKILL)
     wait_for(
         lambda: any(e["kind"] == "recovered" for e in store.errors("kill-writer", "gate")),

@@ -3,6 +3,7 @@ thread left hanging after close/cancel."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -130,3 +131,81 @@ def test_frame_queue_policy_by_liveness() -> None:
     live.put(frame)
     assert live.policy == "drop_oldest" and live.dropped == 1
     assert frame_queue(1, live=False).policy == "block"
+
+
+def test_get_async_receives_items_from_producer_threads_in_order() -> None:
+    """Many queues fed by their own threads, consumed on one event loop without any thread of its own."""
+    queues = [FrameQueue[int](2, "block") for _ in range(8)]
+
+    def produce(q: FrameQueue[int]) -> None:
+        for i in range(50):
+            q.put(i)
+            if i % 7 == 0:
+                time.sleep(0.001)
+        q.close()
+
+    async def consume(q: FrameQueue[int]) -> list[int]:
+        got = []
+        while True:
+            try:
+                got.append(await q.get_async(timeout=5))
+            except QueueClosed:
+                return got
+
+    async def main() -> list[list[int]]:
+        threads = [threading.Thread(target=produce, args=(q,), daemon=True) for q in queues]
+        for thread in threads:
+            thread.start()
+        results = await asyncio.gather(*(consume(q) for q in queues))
+        for thread in threads:
+            thread.join(timeout=5)
+        return list(results)
+
+    assert asyncio.run(main()) == [list(range(50))] * len(queues)
+
+
+def test_get_async_times_out_and_is_woken_by_close_and_cancel() -> None:
+    async def main() -> None:
+        empty = FrameQueue[int](1)
+        started = time.monotonic()
+        with pytest.raises(queue.Empty):
+            await empty.get_async(timeout=0.1)
+        assert 0.09 <= time.monotonic() - started < 2
+        assert not empty._async_waiters, "a timed-out waiter must not stay registered"
+        for end in ("close", "cancel"):
+            q = FrameQueue[int](1)
+            threading.Timer(0.05, getattr(q, end)).start()
+            started = time.monotonic()
+            with pytest.raises(QueueClosed):
+                await q.get_async(timeout=10)
+            assert time.monotonic() - started < 2, f"{end} did not wake the waiter"
+
+    asyncio.run(main())
+
+
+def test_a_hung_queue_does_not_delay_another_on_the_same_loop() -> None:
+    """One stream whose source never delivers must not hold up another stream's frames."""
+
+    async def main() -> float:
+        hung, busy = FrameQueue[int](1), FrameQueue[int](1)
+        waiters = [asyncio.ensure_future(hung.get_async(timeout=30)) for _ in range(20)]
+        threading.Thread(
+            target=lambda: [busy.put(i) for i in range(200)] and busy.close(), daemon=True
+        ).start()
+        started = time.monotonic()
+        count = 0
+        while True:
+            try:
+                await busy.get_async(timeout=5)
+                count += 1
+            except QueueClosed:
+                break
+        took = time.monotonic() - started
+        hung.cancel()
+        for waiter in waiters:
+            with pytest.raises(QueueClosed):
+                await waiter
+        assert count == 200
+        return took
+
+    assert asyncio.run(main()) < 5

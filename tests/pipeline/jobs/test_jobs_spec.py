@@ -306,3 +306,148 @@ def test_spec_file_that_is_not_utf8_is_a_spec_error(tmp_path):
     spec.write_bytes(b"output: caf\xe9\n")
     with pytest.raises(JobSpecError, match="not UTF-8"):
         load_job_spec(spec)
+
+
+# ------------------------------------------------------------------------------- decoding, realtime
+
+
+def test_decoding_defaults_to_auto_everywhere():
+    from pipeline.jobs.decoding import DecodingSpec
+
+    assert parse_job_spec(BASE, base_dir="/specs").decoding == DecodingSpec()
+    spec = parse_job_spec(spec_with("decoding", None), base_dir="/specs")
+    assert spec.decoding == DecodingSpec(None, None, {}, {})
+
+
+def test_decoding_section_is_parsed():
+    decoding = {
+        "streams_per_decoder": 16,
+        "decoders_per_node": 2,
+        "resources": {"edge": 1, "camera_uplink": 0.5},
+        "node_labels": {"zone": "north", "ray.io/availability-zone": "eu-1a"},
+    }
+    spec = parse_job_spec(spec_with("decoding", decoding), base_dir="/specs").decoding
+    assert (spec.streams_per_decoder, spec.decoders_per_node) == (16, 2)
+    assert spec.resources == {"edge": 1.0, "camera_uplink": 0.5}
+    assert spec.node_labels == {"zone": "north", "ray.io/availability-zone": "eu-1a"}
+    auto = {"streams_per_decoder": "auto", "decoders_per_node": "auto"}
+    spec = parse_job_spec(spec_with("decoding", auto), base_dir="/specs").decoding
+    assert (spec.streams_per_decoder, spec.decoders_per_node) == (None, None)
+
+
+def test_decoding_round_trips_through_to_dict():
+    """auto is stored as an absent field (to_dict drops None) and must come back as auto."""
+    for decoding in (
+        {"streams_per_decoder": "auto", "decoders_per_node": 3, "resources": {"edge": 2}},
+        {"streams_per_decoder": 8, "node_labels": {"zone": "south"}},
+        {},
+    ):
+        spec = parse_job_spec(spec_with("decoding", decoding), base_dir="/specs")
+        stored = json.loads(json.dumps(spec.to_dict()))
+        assert parse_job_spec(stored) == spec
+    stored = parse_job_spec(spec_with("decoding", {"decoders_per_node": "auto"})).to_dict()
+    assert stored["decoding"] == {"resources": {}, "node_labels": {}}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "message"),
+    [
+        (
+            "decoding.streams_per_decoder",
+            0,
+            "decoding.streams_per_decoder",
+            "must be an integer >= 1 or auto, got 0",
+        ),
+        ("decoding.streams_per_decoder", 2.5, "decoding.streams_per_decoder", ">= 1 or auto, got 2.5"),
+        ("decoding.streams_per_decoder", True, "decoding.streams_per_decoder", ">= 1 or auto, got True"),
+        ("decoding.decoders_per_node", -1, "decoding.decoders_per_node", ">= 1 or auto, got -1"),
+        ("decoding.decoders_per_node", "Auto", "decoding.decoders_per_node", "or auto, got 'Auto'"),
+        ("decoding.streams_per_decoders", 4, "decoding.streams_per_decoders", "did you mean"),
+        ("decoding", [1], "decoding", "must be a mapping"),
+        ("decoding.resources", ["edge"], "decoding.resources", "must be a mapping"),
+        ("decoding.resources", {"edge": 0}, "decoding.resources.edge", "must be > 0"),
+        ("decoding.resources", {"edge": 1e-5}, "decoding.resources.edge", "at least 0.0001"),
+        ("decoding.resources", {"edge": "one"}, "decoding.resources.edge", "must be a number"),
+        ("decoding.resources", {"edge": float("inf")}, "decoding.resources.edge", "must be > 0"),
+        ("decoding.resources", {"": 1}, "decoding.resources.''", "non-empty string"),
+        ("decoding.resources", {7: 1}, "decoding.resources.7", "non-empty string"),
+        ("decoding.resources", {"CPU": 2}, "decoding.resources.CPU", "built-in Ray resource"),
+        ("decoding.resources", {"GPU": 1}, "decoding.resources.GPU", "serve.num_gpus_per_replica"),
+        ("decoding.resources", {"memory": 1e9}, "decoding.resources.memory", "ray start --memory"),
+        (
+            "decoding.resources",
+            {"object_store_memory": 1},
+            "decoding.resources.object_store_memory",
+            "built-in",
+        ),
+        ("decoding.resources", {"cpu": 1}, "decoding.resources.cpu", "'CPU' is a built-in"),
+        ("decoding.resources", {"edge": 1, " edge ": 2}, "decoding.resources.edge", "given twice"),
+        ("decoding.node_labels", "zone=north", "decoding.node_labels", "must be a mapping"),
+        ("decoding.node_labels", {"zone": 1}, "decoding.node_labels.zone", "must be a string"),
+        ("decoding.node_labels", {" ": "x"}, "decoding.node_labels.' '", "non-empty string"),
+        ("streams[0].realtime", "yes", "streams[0].realtime", "true or false"),
+        ("streams[1].realtime", True, "streams[1].realtime", "only for files"),
+        ("streams[0].real_time", True, "streams[0].real_time", "did you mean 'realtime'"),
+    ],
+)
+def test_invalid_decoding_and_realtime_are_named(path, value, field, message):
+    text = error_of(spec_with(path, value))
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{field}:")), text)
+    assert line.strip().startswith(f"{field}:"), text
+    assert message in line, text
+
+
+def test_decoding_problems_are_reported_together():
+    data = spec_with("decoding", {"streams_per_decoder": 0, "resources": {"GPU": 1, "edge": -1}})
+    with pytest.raises(JobSpecError) as info:
+        parse_job_spec(data, base_dir="/specs")
+    assert [p for p, _ in info.value.problems] == [
+        "decoding.streams_per_decoder",
+        "decoding.resources.GPU",
+        "decoding.resources.edge",
+    ]
+
+
+def test_realtime_is_for_files_only():
+    spec = parse_job_spec(spec_with("streams[0].realtime", True), base_dir="/specs")
+    assert spec.streams[0].realtime and not spec.streams[0].live
+    assert not spec.streams[1].realtime
+    assert parse_job_spec(spec.to_dict()) == spec
+    for url in ("rtsp://10.0.0.5/live", "http://cams.example.org/a.mp4", "https://h/x.m3u8"):
+        data = spec_with("streams[0].realtime", True)
+        data["streams"][0]["source"] = url
+        assert (
+            "streams[0].realtime: only for files; network and live sources already arrive in real time"
+            in (error_of(data))
+        )
+    # `realtime: false` says nothing wrong about a URL (and is what a stored spec carries for one).
+    assert not parse_job_spec(spec_with("streams[1].realtime", False)).streams[1].realtime
+
+
+@pytest.mark.parametrize(
+    ("streams", "decoding", "nodes", "layout"),
+    [
+        (0, {}, [16.0], (0, 0)),
+        (1, {}, [16.0], (1, 1)),
+        (32, {}, [64.0, 64.0], (1, 32)),  # auto: the fewest actors, however many nodes
+        (33, {}, [64.0], (2, 17)),  # shared evenly, not 32 + 1
+        (100, {"streams_per_decoder": 10}, [8.0], (10, 10)),
+        (5, {"streams_per_decoder": 10, "decoders_per_node": 2}, [8.0, 8.0], (4, 2)),  # spread
+        (3, {"decoders_per_node": 2}, [8.0, 8.0], (3, 1)),  # never more actors than streams
+        (100, {"streams_per_decoder": 10, "decoders_per_node": 1}, [8.0, 8.0], (10, 10)),
+        (7, {"streams_per_decoder": 1}, [], (7, 1)),
+        (4, {"decoders_per_node": 2}, [], (1, 4)),  # no nodes known: no spreading
+    ],
+)
+def test_decoder_layout(streams, decoding, nodes, layout):
+    from pipeline.jobs.decoding import DecodingSpec, decoder_layout
+
+    assert decoder_layout(streams, DecodingSpec(**decoding), nodes) == layout
+
+
+def test_node_decoder_slots_default_from_cpus():
+    from pipeline.jobs.decoding import DecodingSpec, node_decoder_slots
+
+    auto = DecodingSpec()
+    assert [node_decoder_slots(auto, cpus) for cpus in (2, 8, 15.5, 16, 64)] == [1, 1, 1, 2, 8]
+    assert node_decoder_slots(DecodingSpec(decoders_per_node=3), 64) == 3
