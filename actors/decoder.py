@@ -26,7 +26,6 @@ the loss as a `gaps` row (see `ResumePoint`). While a live source cannot connect
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -34,7 +33,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -49,6 +47,7 @@ from ray.serve.exceptions import RayServeException
 
 from actors.flow import CommitClock, CommittedFrame, ConnectionStatus, InFlight
 from actors.messages import SegmentReply, SegmentRequest
+from actors.stream_config import DecoderSettings, StreamOutcome
 from actors.writer import WriterRestarted, WriterStart
 from pipeline.decode import (
     DecodeError,
@@ -63,7 +62,7 @@ from pipeline.decode import (
 from pipeline.decode.pacing import paced
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
-from pipeline.jobs.spec import DEFAULT_FLUSH_INTERVAL_S, StreamSpec
+from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
 
 log = logging.getLogger(__name__)
@@ -78,55 +77,6 @@ RECOVERABLE: tuple[type[BaseException], ...] = (
     RayServeException,
     WriterRestarted,
 )
-BATCH_LOG = 256  # replica batches remembered per stream, for diagnostics and tests (bounded memory)
-
-
-@dataclass(frozen=True)
-class DecoderSettings:
-    """Knobs of the per-stream loop.
-
-    Attributes:
-        max_in_flight: frames sent to the pool and not yet answered; enough to fill batches across replicas.
-        queue_size: decoded frames waiting to be sent.
-        flush_frames: answered frames handed to the writer per call.
-        flush_interval_s: longest time an answered frame waits before it is committed (the job spec's
-            `flush_interval_s`), whatever the frame rate.
-        error_interval_s: least time between two recorded connection errors of a live source that
-            keeps failing to connect; the ones in between are counted in the next record.
-        open_timeout_s, read_timeout_s: network source timeouts.
-        poll_s: how often cancellation is checked and heartbeats are written.
-        max_recoveries: attempts restarted after a writer or replica failure before the stream fails.
-        live_max_attempts: reconnection attempts in a row without a frame before a live stream fails
-            (None: keep trying until cancelled).
-    """
-
-    max_in_flight: int = 16
-    queue_size: int = 8
-    flush_frames: int = 32
-    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
-    error_interval_s: float = 30.0
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
-    poll_s: float = 0.5
-    max_recoveries: int = 20
-    live_max_attempts: int | None = None
-
-
-@dataclass
-class StreamOutcome:
-    stream_id: str
-    status: str
-    frames_analysed: int = 0
-    error_kind: str | None = None
-    error: str | None = None
-    dropped_frames: int = 0
-    recoveries: int = 0
-    node_id: str = ""
-    replica_nodes: set[str] = field(default_factory=set)
-    mixed_batches: int = 0
-    batches: collections.deque[tuple[str, int, int, tuple[str, ...]]] = field(
-        default_factory=lambda: collections.deque(maxlen=BATCH_LOG)
-    )
 
 
 class AttemptFailed(Exception):
@@ -163,6 +113,7 @@ class StreamRunner:
         self.settings = settings
         self.return_labels = return_labels
         self.vocabulary = tuple(stream.vocabulary)
+        self.vocabulary_version = 1
         self.connection = ConnectionStatus(self.store, job_id, stream.id, settings.error_interval_s)
         # What this instance knows across attempts (a restarted actor starts without it): the last frame
         # it saw committed, the first frame it sent since (where a loss starts when nothing was
@@ -322,6 +273,7 @@ class StreamRunner:
             self.writer.begin.remote(self.stream.id, list(self.stream.vocabulary))
         )
         epoch = begun.epoch
+        await self._follow_vocabulary(epoch, new_attempt=True)
         resume = self._resume_point(begun) if self.stream.live else None
         self._loss, self._last_handed = None, None
         if resume is not None:
@@ -357,6 +309,7 @@ class StreamRunner:
                     last_poll = now
                     self.store.heartbeat(job, f"decoder:{sid}")
                     self._report(counts, reported, frames.dropped)
+                    await self._follow_vocabulary(epoch)
                     if outcome.status not in ("cancelled", "interrupted") and (
                         reason := self.store.stop_requested(job)
                     ):
@@ -379,7 +332,7 @@ class StreamRunner:
                     else:
                         self._sent(frame)
                         response = self.pool.segment.remote(
-                            _request(frame, self.vocabulary, self.return_labels)
+                            _request(frame, self.vocabulary, self.vocabulary_version, self.return_labels)
                         )
                         in_flight.add(frame, response, self._call(response))
                     getter = None
@@ -411,6 +364,18 @@ class StreamRunner:
                 str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
             )
             self.store.record_error(job, sid, outcome.error_kind, outcome.error)
+
+    async def _follow_vocabulary(self, epoch: int, new_attempt: bool = False) -> None:
+        """Switch to the stream's newest vocabulary (changed through the service while it runs): its
+        names are committed first, then every frame sent from here on is analysed with it. A new attempt
+        (whose writer may have restarted) makes sure the writer knows the version in use."""
+        version = self.store.vocabulary_version(self.job_id, self.stream.id)
+        if version == self.vocabulary_version and not (new_attempt and version > 1):
+            return
+        names = self.store.vocabulary(self.job_id, self.stream.id, version) if version > 1 else None
+        vocabulary = tuple(names) if names is not None else tuple(self.stream.vocabulary)
+        await self._call(self.writer.add_vocabulary.remote(self.stream.id, version, list(vocabulary), epoch))
+        self.vocabulary, self.vocabulary_version = vocabulary, version
 
     def _sent(self, frame: Frame) -> None:
         if self._first_uncommitted is None:
@@ -476,7 +441,7 @@ def _quiet(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
     return task
 
 
-def _request(frame: Frame, vocabulary: tuple[str, ...], return_labels: bool) -> SegmentRequest:
+def _request(frame: Frame, vocabulary: tuple[str, ...], version: int, return_labels: bool) -> SegmentRequest:
     return SegmentRequest(
         stream_id=frame.stream_id,
         frame_index=frame.frame_index,
@@ -485,4 +450,5 @@ def _request(frame: Frame, vocabulary: tuple[str, ...], return_labels: bool) -> 
         vocabulary=vocabulary,
         image=ray.put(frame.image),
         return_labels=return_labels,
+        vocabulary_version=version,
     )

@@ -17,7 +17,8 @@ from typing import Any
 
 import ray
 
-from actors.decoder import DecoderSettings, StreamOutcome, StreamRunner
+from actors.decoder import StreamRunner
+from actors.stream_config import DecoderSettings, StreamOutcome
 from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
 

@@ -30,11 +30,11 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.markup import escape
 
-from actors.decoder import DecoderSettings, StreamOutcome
 from actors.placement import Placement, place_streams
 from actors.progress import progress_bars, update_progress
 from actors.segmentation import deploy, undeploy
 from actors.signals import DriverSignals, JobInterrupted
+from actors.stream_config import DecoderSettings, StreamOutcome
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed

@@ -23,6 +23,7 @@ class SegmentRequest:
     vocabulary: tuple[str, ...]
     image: Any
     return_labels: bool = False
+    vocabulary_version: int = 1
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.decoder import DecoderSettings
 from actors.decoder_host import DecoderHost, decoder_actor_name, writer_actor_name
+from actors.stream_config import DecoderSettings
 from actors.writer import JobWriter
 from pipeline.jobs.decoding import decoder_layout
 from pipeline.jobs.spec import JobSpec, StreamSpec

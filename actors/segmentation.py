@@ -94,6 +94,7 @@ class SegmentationReplica:
                 pixels=result.areas,
                 latency_seconds=done - request.wall_time,
                 labels=labels,
+                vocabulary_version=request.vocabulary_version,
             )
             replies.append(SegmentReply(areas, self.name, self.node_id, number, len(requests), streams))
         return replies

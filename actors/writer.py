@@ -102,6 +102,10 @@ class JobWriter:
     ) -> int:
         return self._with_sink(stream_id, lambda sink: sink.append(areas, wall_times, epoch, commit))
 
+    def add_vocabulary(self, stream_id: str, version: int, vocabulary: list[str], epoch: int) -> None:
+        """Commit a new vocabulary version's names before any frame analysed with it (see StreamSink)."""
+        self._with_sink(stream_id, lambda sink: sink.add_vocabulary(version, vocabulary, epoch))
+
     def add_gaps(self, stream_id: str, rows: list[dict[str, object]], epoch: int) -> None:
         self._with_sink(stream_id, lambda sink: sink.add_gaps(rows, epoch))
 

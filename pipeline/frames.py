@@ -41,6 +41,7 @@ class FrameAreas:
         pixels: int64 array of length C, pixels whose label is class c (index in the stream's vocabulary).
         latency_seconds: time from the frame leaving the decoder to its areas being ready.
         labels: optional H x W class-index map (uint8 when C <= 255, else uint16), only when a job asks.
+        vocabulary_version: which of the stream's vocabularies `pixels` is indexed by (1: the job spec's).
     """
 
     stream_id: str
@@ -51,3 +52,4 @@ class FrameAreas:
     pixels: np.ndarray
     latency_seconds: float
     labels: np.ndarray | None = None
+    vocabulary_version: int = 1

@@ -31,8 +31,35 @@ def class_area_rows(areas: FrameAreas, vocabulary: Sequence[str], job_id: str) -
     return class_area_table([areas], vocabulary, job_id)
 
 
-def class_area_table(areas: Sequence[FrameAreas], vocabulary: Sequence[str], job_id: str) -> pa.Table:
-    """`class_areas` rows for several frames of one stream that share `vocabulary`, frame-major."""
+def class_area_table(
+    areas: Sequence[FrameAreas], vocabulary: Sequence[str] | Mapping[int, Sequence[str]], job_id: str
+) -> pa.Table:
+    """`class_areas` rows for several frames of one stream, frame-major.
+
+    `vocabulary` is the stream's class names, or its vocabularies by version when frames were analysed
+    with different ones (a vocabulary changed while the stream ran): each frame's `vocabulary_version`
+    picks its names.
+    """
+    if not isinstance(vocabulary, Mapping):
+        return _one_version_table(areas, vocabulary, job_id)
+    if not areas:
+        return CLASS_AREAS.empty_table()
+    runs: list[pa.Table] = []
+    start = 0
+    for end in range(1, len(areas) + 1):
+        if end == len(areas) or areas[end].vocabulary_version != areas[start].vocabulary_version:
+            version = areas[start].vocabulary_version
+            if version not in vocabulary:
+                raise ValueError(
+                    f"stream {areas[start].stream_id!r} frame {areas[start].frame_index}: vocabulary version "
+                    f"{version} is unknown here (known: {sorted(vocabulary)})"
+                )
+            runs.append(_one_version_table(areas[start:end], vocabulary[version], job_id))
+            start = end
+    return pa.concat_tables(runs)
+
+
+def _one_version_table(areas: Sequence[FrameAreas], vocabulary: Sequence[str], job_id: str) -> pa.Table:
     n_classes = len(vocabulary)
     if n_classes == 0:
         raise ValueError("vocabulary is empty; a stream needs at least one class")
@@ -71,6 +98,12 @@ def class_area_table(areas: Sequence[FrameAreas], vocabulary: Sequence[str], job
         pc.take(pa.array(list(vocabulary), pa.string()), pa.array(class_ids)),
         pa.array(pixels.reshape(-1)),
         pa.array(fraction),
+        pa.array(
+            np.repeat(
+                np.fromiter((a.vocabulary_version for a in areas), dtype=np.int32, count=len(areas)),
+                n_classes,
+            )
+        ),
     ]
     return pa.Table.from_arrays(columns, schema=CLASS_AREAS)
 
@@ -100,14 +133,16 @@ def frame_rows(areas: Sequence[FrameAreas], wall_times: Sequence[float], job_id:
     return pa.Table.from_arrays(columns, schema=FRAMES)
 
 
-def vocabulary_rows(job_id: str, stream_id: str, vocabulary: Sequence[str]) -> pa.Table:
-    """`vocabularies` rows, so `class_id` in `class_areas` can be joined back to names per stream."""
+def vocabulary_rows(job_id: str, stream_id: str, vocabulary: Sequence[str], version: int = 1) -> pa.Table:
+    """`vocabularies` rows, so `class_id` in `class_areas` can be joined back to names per stream and
+    vocabulary version."""
     n = len(vocabulary)
     columns = [
         _repeat(job_id, n),
         _repeat(stream_id, n),
         pa.array(np.arange(n, dtype=np.int32)),
         pa.array(list(vocabulary), pa.string()),
+        pa.array(np.full(n, version, dtype=np.int32)),
     ]
     return pa.Table.from_arrays(columns, schema=VOCABULARIES)
 

@@ -37,6 +37,9 @@ CLASS_AREAS = pa.schema(
         ("class_name", pa.string()),
         ("pixels", pa.int64()),
         ("fraction", pa.float64()),
+        # Which of the stream's vocabularies the frame was analysed with: 1 is the job spec's, each change
+        # while the stream runs adds one (see the `vocabularies` table).
+        ("vocabulary_version", pa.int32()),
     ]
 )
 
@@ -59,6 +62,7 @@ VOCABULARIES = pa.schema(
         ("stream_id", STREAM_ID),
         ("class_id", pa.int32()),
         ("class_name", pa.string()),
+        ("vocabulary_version", pa.int32()),
     ]
 )
 
@@ -108,7 +112,7 @@ TABLES: dict[str, TableSpec] = {
     for spec in (
         TableSpec("class_areas", CLASS_AREAS, ("frame_index", "class_id"), True),
         TableSpec("frames", FRAMES, ("frame_index",), True),
-        TableSpec("vocabularies", VOCABULARIES, ("class_id",), False),
+        TableSpec("vocabularies", VOCABULARIES, ("vocabulary_version", "class_id"), False),
         TableSpec("errors", ERRORS, ("time",), False),
         TableSpec("gaps", GAPS, ("start_pts",), False),
     )

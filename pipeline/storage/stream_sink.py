@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.frames import FrameAreas
 from pipeline.jobs.state import JobStore
 from pipeline.storage.recorder import StreamRecorder
 from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
-from pipeline.storage.schema import STAGING_DIR
+from pipeline.storage.schema import STAGING_DIR, stream_dir
 from pipeline.storage.writer import (
     CommitRejected,
     CommittedPart,
@@ -106,6 +107,8 @@ class StreamSink:
         self.job_id = job_id
         self.stream_id = stream_id
         self.vocabulary = list(vocabulary)
+        #: the stream's vocabularies by version (1: the job spec's); a frame's version picks its names
+        self.vocabularies: dict[int, list[str]] = {1: list(vocabulary)}
         self.store = store
         self.commit_interval_s = commit_interval_s
         self.max_rows = max_rows
@@ -159,9 +162,9 @@ class StreamSink:
                 recorder=recorder,
                 failpoint=self.failpoint,
             )
-        if not recorded["vocabularies"]:
-            self.writers["vocabularies"].append(vocabulary_rows(job_id, stream_id, self.vocabulary))
-            self._guarded(self.writers["vocabularies"].flush)
+        self.written_versions = self._committed_versions(recorded["vocabularies"])
+        if 1 not in self.written_versions:
+            self._write_vocabulary(1, self.vocabulary)
         # Per table, the last frame already committed: rows at or below it are dropped, so frames replayed
         # after a crash between the two tables' commits end up exactly once in each table.
         self.committed = {
@@ -173,6 +176,39 @@ class StreamSink:
         return WriterStart(
             min(self.committed.values()) + 1, self.epoch, self.store.committed_last_pts(job_id, stream_id)
         )
+
+    def _committed_versions(self, parts: set[str]) -> set[int]:
+        """Vocabulary versions whose rows are committed: read from the stream's committed `vocabularies`
+        parts themselves (small files), since only what a reader can see counts as written."""
+        folder = stream_dir(self.out_dir, "vocabularies", self.job_id, self.stream_id)
+        versions: set[int] = set()
+        for name in parts:
+            table = pq.read_table(folder / name)
+            if "vocabulary_version" not in table.column_names:  # written before versions existed
+                versions.add(1)
+            else:
+                versions.update(table.column("vocabulary_version").to_pylist())
+        return versions
+
+    def _write_vocabulary(self, version: int, vocabulary: Sequence[str]) -> None:
+        rows = vocabulary_rows(self.job_id, self.stream_id, vocabulary, version)
+        self.writers["vocabularies"].append(rows)
+        self._guarded(self.writers["vocabularies"].flush)
+        self.written_versions.add(version)
+
+    def add_vocabulary(self, version: int, vocabulary: Sequence[str], epoch: int) -> None:
+        """Make `version` of the stream's vocabulary known, committing its `vocabularies` rows unless an
+        earlier attempt did. The caller sends no frame with that version before this returns, so every
+        committed `class_areas` row's version has committed names."""
+        self._check_epoch(epoch)
+        if self.vocabularies.get(version, list(vocabulary)) != list(vocabulary):
+            raise ValueError(
+                f"stream {self.stream_id}: vocabulary version {version} is {self.vocabularies[version]}, "
+                f"not {list(vocabulary)}"
+            )
+        self.vocabularies[version] = list(vocabulary)
+        if version not in self.written_versions:
+            self._write_vocabulary(version, vocabulary)
 
     def _check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -196,7 +232,7 @@ class StreamSink:
         self._check_epoch(epoch)
         fresh = [a for a in areas if a.frame_index > self.committed["class_areas"]]
         if fresh:
-            rows = class_area_table(fresh, self.vocabulary, self.job_id)
+            rows = class_area_table(fresh, self.vocabularies, self.job_id)
             self._note_committed(self._guarded(lambda: self.writers["class_areas"].append(rows)))
         timed = [
             (a, t) for a, t in zip(areas, wall_times, strict=True) if a.frame_index > self.committed["frames"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.frames import FrameAreas
-from pipeline.jobs.state import JobStore
+from pipeline.jobs.state import JobStore, UnknownJobError
 from pipeline.storage.schema import STAGING_DIR, staging_dir, stream_dir
 from pipeline.storage.stream_sink import SINK_TABLES, StreamSink, WriterRestarted, WriterStart
 from pipeline.storage.writer import PART_NAME_RE
@@ -395,3 +395,62 @@ def test_label_maps_become_visible_only_with_their_committed_frames(tmp_path, jo
     again.append(labelled(range(2, 6)), walls(range(2, 6)), start.epoch, commit=True)
     assert sorted(p.name for p in published.iterdir()) == names
     assert frame_counts(tmp_path) == once(range(6))
+
+
+def test_a_vocabulary_change_mid_stream_gives_each_row_its_own_version_once(tmp_path, job):
+    """Frames analysed before and after a vocabulary change (in flight across it, too) keep their own
+    names and version; a version's names are committed before its frames and never twice, also when a
+    restarted writer is told again."""
+    new_vocab = ["water", "boat"]
+    sink = make_sink(tmp_path, job)
+    start = sink.begin()
+    feed(sink, start, range(4))
+    sink.add_vocabulary(2, new_vocab, start.epoch)
+    assert read(
+        tmp_path, "SELECT vocabulary_version, class_id, class_name FROM {vocabularies} ORDER BY 1, 2"
+    ) == [
+        *((1, i, name) for i, name in enumerate(VOCAB)),
+        *((2, i, name) for i, name in enumerate(new_vocab)),
+    ]
+    mixed = areas(range(4, 6)) + [
+        FrameAreas(STREAM, i, i / FPS, 10, 10, np.array([30, 70]), 0.01, vocabulary_version=2)
+        for i in range(6, 9)
+    ]
+    sink.append(mixed, walls(range(4, 9)), start.epoch, commit=True)
+    with pytest.raises(ValueError, match="version 2"):
+        sink.add_vocabulary(2, ["not", "the", "same"], start.epoch)
+
+    again = make_sink(tmp_path, job)  # a restarted writer: it knows version 1 from the spec only
+    start = again.begin()
+    again.add_vocabulary(2, new_vocab, start.epoch)  # the stream tells it the version in use
+    later = [
+        FrameAreas(STREAM, i, i / FPS, 10, 10, np.array([50, 50]), 0.01, vocabulary_version=2)
+        for i in (9, 10)
+    ]
+    again.append(later, walls(range(9, 11)), start.epoch, commit=True)
+    again.close(start.epoch)
+
+    rows = read(
+        tmp_path,
+        "SELECT frame_index, vocabulary_version, list(class_name ORDER BY class_id) FROM {class_areas} "
+        "GROUP BY 1, 2 ORDER BY 1",
+    )
+    assert rows == [(i, 1, VOCAB) for i in range(6)] + [(i, 2, new_vocab) for i in range(6, 11)]
+    assert read(
+        tmp_path, "SELECT vocabulary_version, count(*) FROM {vocabularies} GROUP BY 1 ORDER BY 1"
+    ) == [
+        (1, len(VOCAB)),
+        (2, len(new_vocab)),
+    ]
+    check_visible_is_recorded(tmp_path, job)
+
+
+def test_store_vocabulary_versions_start_after_the_spec(job):
+    assert job.vocabulary_version(JOB, STREAM) == 1
+    assert job.set_vocabulary(JOB, STREAM, ["water"]) == 2
+    assert job.set_vocabulary(JOB, STREAM, ["boat", "dock"]) == 3
+    assert job.vocabulary_version(JOB, STREAM) == 3
+    assert job.vocabulary(JOB, STREAM, 2) == ["water"]
+    assert job.vocabulary(JOB, STREAM, 1) is None  # the job spec's
+    with pytest.raises(UnknownJobError, match="no stream"):
+        job.set_vocabulary(JOB, "nosuch", ["x"])

@@ -187,6 +187,7 @@ def test_schema_is_exactly_the_declared_one(tmp_path, make_areas):
     assert pq.read_schema(path).remove_metadata().equals(CLASS_AREAS)
     assert pq.read_schema(path).names == [
         "job_id", "stream_id", "frame_index", "pts_seconds", "class_id", "class_name", "pixels", "fraction",
+        "vocabulary_version",
     ]  # fmt: skip
 
 
