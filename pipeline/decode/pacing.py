@@ -10,6 +10,7 @@ caught up with the schedule (like a camera's buffer draining), not fewer of them
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -38,7 +39,8 @@ def paced(
     is waited out in full, however long, as a camera that went quiet would be: a 10-minute gap in the file
     takes 10 minutes (`stop` still ends it).
 
-    The caller owns `frames`: when the iteration ends early it is not closed here.
+    A frame that was held back gets its `wall_time` set to when it is released, its arrival on a camera's
+    schedule. The caller owns `frames`: when the iteration ends early it is not closed here.
     """
     wait = sleep if sleep is not None else time.sleep
     start = 0.0
@@ -60,5 +62,8 @@ def paced(
                     wait(delay)
                 elif stop.wait(delay):
                     return
+                # The frame "arrives" now, as a camera's would: its wall time (and so its latency)
+                # counts from here, not from when it was decoded ahead of time.
+                frame = dataclasses.replace(frame, wall_time=time.time())
         last_pts = pts
         yield frame

@@ -78,13 +78,16 @@ def test_empty_input_and_order_are_kept():
     clock = FakeClock()
     assert list(paced([], clock=clock, sleep=clock.sleep)) == []
     source = frames(0.0, 0.0, 0.01)
-    assert list(paced(source, clock=clock, sleep=clock.sleep)) == source
+    released = list(paced(source, clock=clock, sleep=clock.sleep))
+    assert [(f.frame_index, f.pts_seconds) for f in released] == [
+        (f.frame_index, f.pts_seconds) for f in source
+    ]
 
 
 def test_real_clock_takes_the_sequence_duration():
     source = frames(*(i * 0.05 for i in range(10)))
     began = time.monotonic()
-    assert list(paced(source)) == source
+    assert [f.frame_index for f in paced(source)] == list(range(10))
     assert time.monotonic() - began >= 0.45
 
 
@@ -105,3 +108,15 @@ def test_a_set_stop_yields_nothing_more_even_for_frames_already_due():
     assert next(it).frame_index == 0
     stop.set()
     assert list(it) == []
+
+
+def test_a_held_frame_arrives_when_it_is_released() -> None:
+    """Its wall time is the release, not the decode ahead of time, so latency counts from arrival."""
+    decoded_at = time.time()
+    frames = [Frame("cam", i, i * 0.1, IMAGE, decoded_at) for i in range(3)]
+    released = []
+    for frame in paced(frames):
+        released.append((time.time(), frame.wall_time))
+    for i, (now, wall) in enumerate(released[1:], start=1):
+        assert wall >= decoded_at + i * 0.1 - 0.01, "wall time stamped before the frame was due"
+        assert abs(now - wall) < 0.05
