@@ -47,6 +47,7 @@ from ray.serve.exceptions import RayServeException
 
 from actors.flow import CommitClock, CommittedFrame, ConnectionStatus, InFlight
 from actors.messages import SegmentReply, SegmentRequest
+from actors.service.metrics import ray_metrics
 from actors.stream_config import DecoderSettings, StreamOutcome
 from actors.writer import WriterRestarted, WriterStart
 from pipeline.decode import (
@@ -62,6 +63,7 @@ from pipeline.decode import (
 from pipeline.decode.pacing import paced
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
+from pipeline.jobs import stream_changes, stream_metrics
 from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
 
@@ -310,9 +312,7 @@ class StreamRunner:
                     self.store.heartbeat(job, f"decoder:{sid}")
                     self._report(counts, reported, frames.dropped)
                     await self._follow_vocabulary(epoch)
-                    if outcome.status not in ("cancelled", "interrupted") and (
-                        reason := self.store.stop_requested(job)
-                    ):
+                    if outcome.status not in ("cancelled", "interrupted") and (reason := self._stop_reason()):
                         outcome.status = reason
                         stop.set()
                         frames.cancel()
@@ -365,14 +365,26 @@ class StreamRunner:
             )
             self.store.record_error(job, sid, outcome.error_kind, outcome.error)
 
+    def _stop_reason(self) -> str | None:
+        """Why this stream should stop now: its job was cancelled or interrupted, or the stream alone was
+        removed from the running job (`cancelled`; its committed output stays)."""
+        reason = self.store.stop_requested(self.job_id)
+        if reason is None and stream_changes.stream_stop_requested(self.store, self.job_id, self.stream.id):
+            return "cancelled"
+        return reason
+
     async def _follow_vocabulary(self, epoch: int, new_attempt: bool = False) -> None:
         """Switch to the stream's newest vocabulary (changed through the service while it runs): its
         names are committed first, then every frame sent from here on is analysed with it. A new attempt
         (whose writer may have restarted) makes sure the writer knows the version in use."""
-        version = self.store.vocabulary_version(self.job_id, self.stream.id)
+        version = stream_changes.vocabulary_version(self.store, self.job_id, self.stream.id)
         if version == self.vocabulary_version and not (new_attempt and version > 1):
             return
-        names = self.store.vocabulary(self.job_id, self.stream.id, version) if version > 1 else None
+        names = (
+            stream_changes.vocabulary(self.store, self.job_id, self.stream.id, version)
+            if version > 1
+            else None
+        )
         vocabulary = tuple(names) if names is not None else tuple(self.stream.vocabulary)
         await self._call(self.writer.add_vocabulary.remote(self.stream.id, version, list(vocabulary), epoch))
         self.vocabulary, self.vocabulary_version = vocabulary, version
@@ -387,6 +399,11 @@ class StreamRunner:
         outcome.mixed_batches += len(set(reply.batch_streams)) > 1
         outcome.frames_analysed += 1
         self.store.incr(self.job_id, self.stream.id, "analysed")
+        # Monitoring only (`/metrics`, Ray's metrics): it must never fail the stream.
+        latency = reply.areas.latency_seconds
+        with contextlib.suppress(Exception):
+            stream_metrics.record_latency(self.store, self.job_id, self.stream.id, latency)
+        ray_metrics().frame_analysed(self.job_id, self.stream.id, latency)
 
     async def _hand_over(
         self,

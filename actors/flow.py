@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from actors.service.metrics import ray_metrics
 from pipeline.decode.outages import ErrorThrottle
 from pipeline.frames import Frame
 from pipeline.jobs.state import JobStateError, JobStore
+from pipeline.jobs.stream_metrics import record_reconnect
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +159,15 @@ class ConnectionStatus:
         self.throttle = ErrorThrottle(error_interval_s)
 
     def __call__(self, status: str, reason: str | None) -> None:
+        previous = None
         try:
-            self.store.set_stream_status(self.job_id, self.stream_id, status)
+            previous = self.store.set_stream_status(self.job_id, self.stream_id, status)
         except JobStateError:
             pass  # already stopping (interrupted, cancelled): the driver's status stands
         except Exception:
             log.warning("stream %s: could not set status %s", self.stream_id, status, exc_info=True)
+        if status == "reconnecting" and previous == "running":
+            self._count_reconnect()
         if status != "reconnecting" or reason is None:
             return
         held = self.throttle.admit()
@@ -174,3 +179,13 @@ class ConnectionStatus:
             self.store.record_error(self.job_id, self.stream_id, "reconnecting", reason)
         except Exception:
             log.warning("stream %s: could not record %r", self.stream_id, reason, exc_info=True)
+
+    def _count_reconnect(self) -> None:
+        """One reconnection: the stream went from running to reconnecting. The status script returns the
+        previous status atomically, so each such transition is counted exactly once; failed attempts
+        while already reconnecting are not counted again."""
+        try:
+            record_reconnect(self.store, self.job_id, self.stream_id)
+        except Exception:
+            log.warning("stream %s: could not count a reconnection", self.stream_id, exc_info=True)
+        ray_metrics().reconnected(self.job_id, self.stream_id)

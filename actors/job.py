@@ -30,7 +30,7 @@ from ray.exceptions import RayError
 from rich.console import Console
 from rich.markup import escape
 
-from actors.placement import Placement, place_streams
+from actors.placement import Placement, StreamCarriers, place_streams
 from actors.progress import progress_bars, update_progress
 from actors.segmentation import deploy, undeploy
 from actors.signals import DriverSignals, JobInterrupted
@@ -38,8 +38,9 @@ from actors.stream_config import DecoderSettings, StreamOutcome
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
-from pipeline.jobs.spec import JobSpec, parse_job_spec
+from pipeline.jobs.spec import JobSpec, StreamSpec, parse_job_spec
 from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.stream_changes import stream_ids
 from pipeline.jobs.takeover import (
     DriverReplacedError,
     JobNotResumableError,
@@ -115,6 +116,8 @@ def run_job(
     commit_interval_s: float = 10.0,
     placement: Placement | None = None,
     allow_volatile_state: bool = False,
+    pool: Any = None,
+    redis_url: str | None = None,
 ) -> JobOutcome:
     """Run `spec` to the end, or continue it when its job id exists (interrupted, or its driver died).
 
@@ -123,6 +126,10 @@ def run_job(
         on_started: called with (job_id, redis_url) once the job is registered (tests use it to cancel).
         allow_volatile_state: run even if REDIS_URL's server does not persist (also
             SANSTREAM_ALLOW_VOLATILE_STATE=1); a warning is printed instead of refusing.
+        pool: a SAN replica pool to use (the service's, shared by every job) instead of deploying one
+            for this job alone.
+        redis_url: the job store to use (the service's), instead of REDIS_URL or the output folder's
+            embedded server; its persistence was checked by whoever chose it.
 
     From the main thread, SIGINT/SIGTERM stop the job cleanly: the outcome's status is `interrupted` and
     its `signal` says which. A second signal raises `JobInterrupted` (a KeyboardInterrupt) at once.
@@ -132,6 +139,7 @@ def run_job(
     check_output_dir(out_dir)
     check_weights(spec.model.weights or spec.model.name, spec.model.name)
     job_id = spec.job_id or new_job_id()
+    given_redis = redis_url
     signals = DriverSignals(f"sanstream resume {job_id} --out {shlex.quote(str(out_dir))}")
     started = time.monotonic()
     store: JobStore | None = None
@@ -140,8 +148,9 @@ def run_job(
     registered = resumed = False
     signals.install()
     try:
-        redis_url, embedded = resolve_redis(out_dir)
-        if embedded is None:  # the embedded server always persists (append-only, fsync always)
+        if redis_url is None:
+            redis_url, embedded = resolve_redis(out_dir)
+        if embedded is None and given_redis is None:  # embedded servers always persist
             warning = check_persistence(
                 redis_url, allow_volatile=volatile_state_allowed(allow_volatile_state)
             )
@@ -170,6 +179,7 @@ def run_job(
             placement or Placement(),
             lease,
             signals,
+            pool,
         )
         with ray_session(address, on_init=signals.install):
             outcome = run.execute(finished, show_progress, console)
@@ -249,6 +259,8 @@ class _Run:
     placement: Placement
     lease: JobLease
     signals: DriverSignals
+    #: a shared pool (the service's); None deploys one for this job
+    shared_pool: Any = None
 
     @property
     def fencing_token(self) -> int | None:
@@ -270,9 +282,9 @@ class _Run:
         store, job_id = self.store, self.job_id
         store.set_status(job_id, "running")
         outcome = JobOutcome(job_id, "running", lease_token=self.lease.token)
-        actors: list[Any] = []
+        carriers: StreamCarriers | None = None
         try:
-            pool = deploy(self.spec, job_id, self.placement.replicas)
+            pool = self.shared_pool or deploy(self.spec, job_id, self.placement.replicas)
             self._check_lease()
             pending: dict[Any, str] = {}
             attempts: dict[str, int] = {}
@@ -289,13 +301,18 @@ class _Run:
                 self.placement,
                 self.commit_interval_s,
             )
-            actors += carriers.actors
-            for stream in to_run:
+            known = [s.id for s in self.spec.streams]
+
+            def start(stream: StreamSpec) -> None:
+                names = carriers.assign(stream)
                 with contextlib.suppress(Exception):
                     store.set_stream_status(job_id, stream.id, "running")
-                    store.set_stream_actors(job_id, stream.id, *carriers.names[stream.id])
+                    store.set_stream_actors(job_id, stream.id, *names)
                 attempts[stream.id] = 1
                 pending[carriers.start(stream)] = stream.id
+
+            for stream in to_run:
+                start(stream)
             totals = {s.id: expected_frames(s) for s in to_run}
             with progress_bars(console, show_progress) as progress:
                 tasks = {
@@ -305,7 +322,13 @@ class _Run:
                 retry_at: dict[str, float] = {}
                 stopping_since: float | None = None
                 self.signals.graceful = True  # from here a signal is handled by this loop
-                while pending or retry_at:
+                while True:
+                    if stopping_since is None:
+                        for stream in self._added_streams(known):  # through the service, while running
+                            start(stream)
+                            tasks[stream.id] = progress.add_task(escape(stream.id), total=None, written=0)
+                    if not pending and not retry_at:
+                        break
                     self._check_lease()
                     if self.signals.forced:  # its exception was swallowed somewhere: act on it here
                         raise self.signals.forced_exit()
@@ -357,11 +380,11 @@ class _Run:
                     update_progress(progress, tasks, store, job_id)
                 update_progress(progress, tasks, store, job_id)
         finally:
-            for actor in actors:
+            for actor in carriers.actors if carriers is not None else []:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
-            if not self.lease.lost.is_set():  # else the pool may serve the driver that took over
-                undeploy(job_id)
+            if self.shared_pool is None and not self.lease.lost.is_set():
+                undeploy(job_id)  # (a lost lease: the pool may serve the driver that took over)
         self._check_lease()
         # A failed export loses nothing: the records stay in the store and the next run exports them.
         with contextlib.suppress(OSError, CommitUncertain):
@@ -369,7 +392,9 @@ class _Run:
         statuses = {s.status for s in outcome.streams.values()} | {
             store.stream_status(job_id, sid) for sid in finished
         }
-        if "cancelled" in statuses or store.cancel_requested(job_id):
+        # A stream removed from the running job ends `cancelled` on its own; the job is cancelled only
+        # when asked to be, or when every stream was removed.
+        if store.cancel_requested(job_id) or statuses == {"cancelled"}:
             outcome.status = "cancelled"
         elif "interrupted" in statuses:
             outcome.status = "interrupted"
@@ -380,6 +405,16 @@ class _Run:
             outcome.status = "failed"
         store.set_status(job_id, outcome.status)
         return outcome
+
+    def _added_streams(self, known: list[str]) -> list[StreamSpec]:
+        """Streams added to the job since `known` (which is updated): the stored spec has them."""
+        ids = stream_ids(self.store, self.job_id)
+        if ids == known:
+            return []
+        self.spec = parse_job_spec(self.store.snapshot(self.job_id)["spec"])
+        added = [self.spec.stream(sid) for sid in ids if sid not in known]
+        known[:] = ids
+        return added
 
     def _begin_interrupt(self, console: Console, retry_at: dict[str, float], outcome: JobOutcome) -> None:
         """First SIGINT/SIGTERM: ask every stream to stop; decoders commit what they analysed and return

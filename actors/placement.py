@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.decoder_host import DecoderHost, decoder_actor_name, writer_actor_name
 from actors.stream_config import DecoderSettings
 from actors.writer import JobWriter
-from pipeline.jobs.decoding import decoder_layout
+from pipeline.jobs.decoding import AUTO_STREAMS_PER_DECODER, decoder_layout
 from pipeline.jobs.spec import JobSpec, StreamSpec
 
 
@@ -32,19 +32,78 @@ class Placement:
     replicas: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
 class StreamCarriers:
-    """The actors a job's streams run on: which decoder and writer carry each stream."""
+    """The actors a job's streams run on, and which decoder and writer carry each stream. Streams added
+    while the job runs (through the service) go to the least loaded decoder, or a new one when every
+    decoder carries its `streams_per_decoder` already."""
 
-    hosts: dict[str, Any] = field(default_factory=dict)
-    writers: dict[str, Any] = field(default_factory=dict)
-    #: stream id -> (decoder actor name, writer actor name)
-    names: dict[str, tuple[str, str]] = field(default_factory=dict)
-    actors: list[Any] = field(default_factory=list)
+    def __init__(
+        self,
+        spec: JobSpec,
+        job_id: str,
+        redis_url: str,
+        pool: Any,
+        settings: DecoderSettings,
+        placement: Placement,
+        commit_interval_s: float,
+    ) -> None:
+        self.spec, self.job_id, self.redis_url, self.pool = spec, job_id, redis_url, pool
+        self.settings, self.commit_interval_s = settings, commit_interval_s
+        self.per_decoder = spec.decoding.streams_per_decoder or AUTO_STREAMS_PER_DECODER
+        options: dict[str, Any] = {
+            "resources": {**spec.decoding.resources, **placement.decoders},
+            "scheduling_strategy": "SPREAD",
+        }
+        if spec.decoding.node_labels:
+            options["label_selector"] = dict(spec.decoding.node_labels)
+        self.options = options
+        self.decoders: list[tuple[Any, str, str]] = []  # (actor, name, node id)
+        self.load: list[int] = []  # streams assigned per decoder
+        self.writers: dict[str, Any] = {}  # node id -> writer
+        self.hosts: dict[str, int] = {}  # stream id -> decoder index
+        #: stream id -> (decoder actor name, writer actor name)
+        self.names: dict[str, tuple[str, str]] = {}
+        self.actors: list[Any] = []
+
+    def add_decoders(self, count: int) -> None:
+        """Start `count` decoders (in parallel) and a writer on each node they landed on."""
+        first = len(self.decoders)
+        new = [
+            DecoderHost.options(name=decoder_actor_name(self.job_id, first + i), **self.options).remote(
+                self.job_id, self.redis_url, self.pool, self.settings, self.spec.store_labels
+            )
+            for i in range(count)
+        ]
+        self.actors += new
+        nodes = ray.get([host.node_id.remote() for host in new])
+        for i, (host, node) in enumerate(zip(new, nodes, strict=True)):
+            self.decoders.append((host, decoder_actor_name(self.job_id, first + i), node))
+            self.load.append(0)
+            if node not in self.writers:
+                # Soft affinity: a writer whose node died restarts elsewhere rather than not at all.
+                self.writers[node] = JobWriter.options(
+                    name=writer_actor_name(self.job_id, node),
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+                ).remote(str(self.spec.output), self.job_id, self.redis_url, self.commit_interval_s)
+                self.actors.append(self.writers[node])
+
+    def assign(self, stream: StreamSpec) -> tuple[str, str]:
+        """Give `stream` a decoder (the least loaded; a new one when all are full) and that node's writer;
+        returns their actor names."""
+        if stream.id not in self.hosts:
+            if not self.decoders or min(self.load) >= self.per_decoder:
+                self.add_decoders(1)
+            index = min(range(len(self.load)), key=self.load.__getitem__)
+            self.hosts[stream.id] = index
+            self.load[index] += 1
+            _, name, node = self.decoders[index]
+            self.names[stream.id] = (name, writer_actor_name(self.job_id, node))
+        return self.names[stream.id]
 
     def start(self, stream: StreamSpec) -> Any:
         """Start (or retry) `stream` on its decoder; the reference resolves to its `StreamOutcome`."""
-        return self.hosts[stream.id].run.remote(stream, self.writers[stream.id])
+        host, _, node = self.decoders[self.hosts[stream.id]]
+        return host.run.remote(stream, self.writers[node])
 
 
 def _node_cpus() -> list[float]:
@@ -61,35 +120,14 @@ def place_streams(
     placement: Placement,
     commit_interval_s: float,
 ) -> StreamCarriers:
-    """Create the decoders and writers for `streams` and assign each stream to one of each."""
-    carriers = StreamCarriers()
-    count, _ = decoder_layout(len(streams), spec.decoding, _node_cpus())
+    """Create the decoders and writers for `streams` and assign each stream to one of each, dealt
+    round-robin so every decoder carries a similar load."""
+    carriers = StreamCarriers(spec, job_id, redis_url, pool, settings, placement, commit_interval_s)
+    count, per_decoder = decoder_layout(len(streams), spec.decoding, _node_cpus())
     if count == 0:
         return carriers
-    resources = {**spec.decoding.resources, **placement.decoders}
-    options: dict[str, Any] = {"resources": resources, "scheduling_strategy": "SPREAD"}
-    if spec.decoding.node_labels:
-        options["label_selector"] = dict(spec.decoding.node_labels)
-    hosts = [
-        DecoderHost.options(name=decoder_actor_name(job_id, i), **options).remote(
-            job_id, redis_url, pool, settings, spec.store_labels
-        )
-        for i in range(count)
-    ]
-    carriers.actors += hosts
-    nodes = ray.get([host.node_id.remote() for host in hosts])
-    writers: dict[str, Any] = {}
-    for node in dict.fromkeys(nodes):
-        # Soft affinity: a writer whose node died restarts elsewhere rather than not at all.
-        writers[node] = JobWriter.options(
-            name=writer_actor_name(job_id, node),
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
-        ).remote(str(spec.output), job_id, redis_url, commit_interval_s)
-        carriers.actors.append(writers[node])
-    for i, stream in enumerate(streams):
-        index = i % count
-        node = nodes[index]
-        carriers.hosts[stream.id] = hosts[index]
-        carriers.writers[stream.id] = writers[node]
-        carriers.names[stream.id] = (decoder_actor_name(job_id, index), writer_actor_name(job_id, node))
+    carriers.add_decoders(count)
+    carriers.per_decoder = max(carriers.per_decoder, per_decoder)
+    for stream in streams:
+        carriers.assign(stream)
     return carriers

@@ -21,6 +21,7 @@ import torch
 from ray import serve
 
 from actors.messages import SegmentReply, SegmentRequest
+from actors.service.metrics import ReplicaRecorder, oldest_wait_seconds
 from pipeline.frames import FrameAreas
 from pipeline.jobs.spec import JobSpec
 from pipeline.san import Segmenter, available_models, load_checkpoint
@@ -53,6 +54,7 @@ class SegmentationReplica:
         dtype: str,
         max_batch_size: int,
         batch_wait_timeout_s: float,
+        redis_url: str | None = None,
     ) -> None:
         target = torch.device(
             "cuda"
@@ -68,9 +70,13 @@ class SegmentationReplica:
         self.name = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()
         self._batches = itertools.count()
+        # Batch figures for `/metrics` (Redis, when the job store is given) and Ray's metrics.
+        self._recorder = ReplicaRecorder(self.name, redis_url)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def segment(self, requests: list[SegmentRequest]) -> list[SegmentReply]:
+        # Monitoring: returns at once; the queue depth and the Redis write follow in the background.
+        self._recorder.batch(len(requests), oldest_wait_seconds(r.wall_time for r in requests))
         images: list[np.ndarray] = await asyncio.gather(*(request.image for request in requests))
         want_labels = any(request.return_labels for request in requests)
         # The forward pass runs in a worker thread so the event loop keeps queueing the next batch.

@@ -11,6 +11,8 @@ import sys
 
 USER_ERROR_NAMES: dict[str, tuple[str, ...]] = {
     "pipeline.cli.common": ("CommandError",),
+    "pipeline.cli.serve": ("ServeError",),
+    "pipeline.cli.client": ("ServiceError",),
     "pipeline.decode.errors": ("DecodeError",),
     "pipeline.jobs.redis_server": ("EmbeddedRedisError",),
     "pipeline.jobs.spec": ("JobSpecError",),

@@ -4,6 +4,7 @@ Cancelling only sets a flag in the job store; the job's workers poll it and wind
 what is already written stays consistent and the job ends as `cancelled` rather than dying mid-part.
 An interrupted job that no driver is resuming has no workers to see the flag, so it is moved to
 `cancelled` here. (A job left `running` by a dead driver keeps the flag: its resume ends it as cancelled.)
+With `--service URL` the service's HTTP API sets the flag instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from pipeline.cli import client as service_client
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
 from pipeline.jobs.lease import lease_info
 from pipeline.jobs.state import IllegalTransitionError, JobStore, UnknownJobError
@@ -26,11 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_OUT,
         help="output directory the job wrote to (default: %(default)s)",
     )
+    service_client.add_service_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     job_id = check_job_id(args.job)
+    url = service_client.service_url(args)
+    if url is not None:
+        return _cancel_on_service(service_client.client_for(url), job_id)
     with open_job_store(args.out) as store:
         try:
             status = store.status(job_id)
@@ -48,6 +54,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"cancel of job {job_id} was already requested; it is still {status}")
             return 0
         store.request_cancel(job_id)
+    print(f"cancel requested for job {job_id} (was {status}); its workers stop at their next check")
+    return 0
+
+
+def _cancel_on_service(client: service_client.ServiceClient, job_id: str) -> int:
+    try:
+        status = client.job(job_id)["status"]
+    except service_client.ServiceError as error:
+        raise service_client.known_jobs_error(client, job_id, error) from None
+    if status in TERMINAL_STATUSES:
+        print(f"job {job_id} already finished ({status}); nothing to cancel")
+        return 0
+    status = client.cancel(job_id).get("status", status)
+    if status == "interrupted":
+        print(f"cancel requested for job {job_id} (interrupted); it ends as cancelled when it is resumed")
+        return 0
     print(f"cancel requested for job {job_id} (was {status}); its workers stop at their next check")
     return 0
 

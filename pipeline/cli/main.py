@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import cancel, demo, plot, query, run, segment, status, weights
+from pipeline.cli import cancel, demo, plot, query, run, segment, serve, status, weights
 from pipeline.errors import user_errors
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_parser(subparsers)
     query.add_parser(subparsers)
     plot.add_parser(subparsers)
+    serve.add_parser(subparsers)
     return parser
 
 

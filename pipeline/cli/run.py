@@ -1,6 +1,8 @@
 """`sanstream run`: segment one or more videos (a job spec, or sources on the command line) on Ray.
 
-Ray is imported only here, lazily, so the rest of the CLI works without starting it.
+Ray is imported only here, lazily, so the rest of the CLI works without starting it. With `--service URL`
+(or $SANSTREAM_SERVICE) `run` and `resume` are clients of `sanstream serve`: they send the job over HTTP and
+follow it there, and touch neither Ray nor Redis nor the output folder.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import argparse
 import contextlib
 import shlex
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.cli import client as service_client
+from pipeline.cli.common import CommandError, check_job_id
 from pipeline.jobs.ids import unique_stream_ids
 from pipeline.jobs.spec import JobSpec, load_job_spec, parse_job_spec
 from pipeline.storage.query import summary
 
 DEFAULT_OUT = Path("sanstream-out")
+#: Job statuses after which following a job on the service stops (`interrupted`: the service stopped).
+FOLLOW_END = ("completed", "failed", "cancelled", "interrupted")
+POLL_S = 0.5
+#: A stream's progress line is printed when its status changes, else at most this often.
+PROGRESS_EVERY_S = 2.0
+#: How long following rides out a service that does not answer (restarting) before giving up.
+UNREACHABLE_GRACE_S = 15.0
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +76,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     sampling.add_argument("--every", type=int, default=None, help="analyse every Nth frame instead")
     add_run_arguments(parser)
+    add_client_arguments(parser)
     parser.set_defaults(handler=run)
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    service_client.add_service_argument(parser)
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="with --service: print the job id and return at once, without following the job",
+    )
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
@@ -199,7 +222,165 @@ def report(outcome: Any, out: Path, console: Console) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return execute(spec_from_args(args), args, Console())
+    url = service_client.service_url(args)
+    if url is None:
+        _local_only(args)
+        return execute(spec_from_args(args), args, Console())
+    _check_client_args(args, ("address", "allow_volatile_state", "replicas", "batch_size"))
+    client = service_client.client_for(url)
+    job_id = client.submit(service_spec(args))
+    return _detached(job_id, client) if args.detach else follow(client, job_id, Console(), args)
+
+
+def _local_only(args: argparse.Namespace) -> None:
+    if getattr(args, "detach", False):
+        raise CommandError(
+            "--detach needs --service URL (a job run here lives as long as this command; use "
+            "`sanstream serve` and --service to leave one running)"
+        )
+
+
+_NOT_WITH_SERVICE = {
+    "address": "--address (the service runs on its own Ray cluster)",
+    "allow_volatile_state": "--allow-volatile-state (the service owns its job store)",
+    "replicas": "--replicas (the service's pool is sized by `sanstream serve --replicas`)",
+    "batch_size": "--batch-size (set by `sanstream serve --batch-size`)",
+}
+
+
+def _check_client_args(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    given = [
+        _NOT_WITH_SERVICE[name]
+        for name in names
+        if getattr(args, name, None) is not None and getattr(args, name) is not False
+    ]
+    if given:
+        raise CommandError(f"not with --service: {'; '.join(given)}")
+
+
+def service_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The job spec to send to the service: built and checked as for a local run, without `output` and
+    `model` unless the user named them (the service fills in its own folder and the model it serves)."""
+    data = spec_from_args(args).to_dict()
+    if args.config is None and args.out is None:
+        data.pop("output", None)
+    if not _model_given(args):
+        data.pop("model", None)
+    return data
+
+
+def _model_given(args: argparse.Namespace) -> bool:
+    if any(getattr(args, name) is not None for name in ("model", "weights", "device", "dtype")):
+        return True
+    if args.config is None:
+        return False
+    import yaml  # the file was read and validated already; only whether it names `model` is asked here
+
+    raw = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    return isinstance(raw, dict) and raw.get("model") is not None
+
+
+def _detached(job_id: str, client: service_client.ServiceClient) -> int:
+    print(job_id)  # alone on stdout: JOB=$(sanstream run --detach ...)
+    print(
+        f"follow it with: sanstream status {job_id} --service {shlex.quote(client.url)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def follow(
+    client: service_client.ServiceClient, job_id: str, console: Console, args: argparse.Namespace
+) -> int:
+    """Poll the job on the service until it ends, with a progress line per stream on stderr; then the
+    end summary and the exit code of a local run. Ctrl-C stops following only: the job keeps running."""
+    progress = not getattr(args, "no_progress", False)
+    shown: dict[str, tuple[tuple[Any, ...], float]] = {}
+    failing_since: float | None = None
+    try:
+        while True:
+            try:
+                snapshot = client.job(job_id)
+                failing_since = None
+            except service_client.ServiceError as error:
+                if error.status is not None and error.status < 500:
+                    raise
+                failing_since = failing_since or time.monotonic()  # the service may be restarting
+                if time.monotonic() - failing_since > UNREACHABLE_GRACE_S:
+                    raise
+                time.sleep(POLL_S)
+                continue
+            if progress:
+                print_progress(snapshot, shown)
+            if snapshot["status"] in FOLLOW_END:
+                break
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        print(
+            f"\njob {job_id} keeps running on the service; follow it with "
+            f"sanstream status {job_id} --service {shlex.quote(client.url)}",
+            file=sys.stderr,
+        )
+        return 130
+    return report_service(snapshot, client.url, console)
+
+
+def print_progress(snapshot: dict[str, Any], shown: dict[str, tuple[tuple[Any, ...], float]]) -> None:
+    """One line per stream on stderr when its status changed, or its counters did and the last line is
+    PROGRESS_EVERY_S old; `shown` remembers what was printed (the job's own status under "")."""
+    now = time.monotonic()
+    job_state = (snapshot["status"],)
+    if shown.get("", ((None,), 0.0))[0] != job_state:
+        print(f"job {snapshot['job_id']}: {snapshot['status']}", file=sys.stderr, flush=True)
+        shown[""] = (job_state, now)
+    final = snapshot["status"] in FOLLOW_END
+    for stream_id, info in snapshot["streams"].items():
+        counts = tuple(int(info.get(name) or 0) for name in ("analysed", "written", "dropped"))
+        state = (info.get("status"), *counts)
+        last = shown.get(stream_id)
+        if last is not None and last[0] == state:
+            continue
+        if last is not None and last[0][0] == state[0] and not final and now - last[1] < PROGRESS_EVERY_S:
+            continue
+        analysed, written, dropped = counts
+        line = f"  {stream_id}: {info.get('status') or '?'}, analysed {analysed}, written {written}"
+        print(line + (f", dropped {dropped}" if dropped else ""), file=sys.stderr, flush=True)
+        shown[stream_id] = (state, now)
+
+
+def report_service(snapshot: dict[str, Any], url: str, console: Console) -> int:
+    """The end of a followed job: per-stream table and problems, where the output is, and the exit code
+    of a local run (0 only when the job and every stream completed)."""
+    from pipeline.cli.status import stream_table
+
+    job_id, status = snapshot["job_id"], snapshot["status"]
+    console.print(stream_table(snapshot))
+    for stream_id, info in snapshot["streams"].items():
+        if info.get("status") not in ("completed", "interrupted"):
+            errors = info.get("errors") or []
+            message = str(errors[-1].get("message", "")) if errors else ""
+            console.print(
+                f"[red]stream {escape(stream_id)} {escape(str(info.get('status')))}[/red]: {escape(message)}"
+            )
+    started, finished = snapshot.get("started"), snapshot.get("finished")
+    took = f" after {finished - started:.1f} s" if started is not None and finished is not None else ""
+    where = shlex.quote(url)
+    if status == "interrupted":
+        console.print(
+            f"[yellow]job {escape(job_id)} interrupted on the service[/yellow]{took} (the service stopped); "
+            "it continues when the service starts again\n"
+            f"  or: {escape(f'sanstream resume {job_id} --service {where}')}",
+            soft_wrap=True,
+        )
+        return 1
+    out = snapshot.get("spec", {}).get("output")
+    output = f"; output in {out}/ on the service's machine" if out else ""
+    console.print(
+        escape(f"job {job_id} {status}{took}{output}\n  sanstream status {job_id} --service {where}"),
+        soft_wrap=True,
+    )
+    streams = snapshot["streams"].values()
+    return 0 if status == "completed" and all(s.get("status") == "completed" for s in streams) else 1
 
 
 def add_resume_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -214,10 +395,22 @@ def add_resume_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_state_arguments(parser)
+    add_client_arguments(parser)
     parser.set_defaults(handler=resume)
 
 
 def resume(args: argparse.Namespace) -> int:
+    url = service_client.service_url(args)
+    if url is not None:
+        _check_client_args(args, ("address", "allow_volatile_state"))
+        job_id = check_job_id(args.job_id)
+        client = service_client.client_for(url)
+        try:
+            client.resume(job_id)
+        except service_client.ServiceError as error:
+            raise service_client.known_jobs_error(client, job_id, error) from None
+        return _detached(job_id, client) if args.detach else follow(client, job_id, Console(), args)
+    _local_only(args)
     from actors.job import resume_job
 
     console = Console()

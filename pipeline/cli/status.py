@@ -2,7 +2,8 @@
 
 It reads the job store only (Redis), never the Parquet output or the model, so it answers quickly and
 works while the job runs, after it ended, and after the machine restarted (the embedded server's data
-persists under the output directory).
+persists under the output directory). With `--service URL` it asks that service's HTTP API instead, which
+answers with the same documents.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.cli import client as service_client
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
 from pipeline.jobs.lease import lease_info
 from pipeline.jobs.state import UnknownJobError
@@ -48,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="output directory the job wrote to (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the full job state as JSON")
+    service_client.add_service_argument(parser)
     parser.set_defaults(handler=run_status)
 
 
@@ -67,7 +70,7 @@ def _count(value: Any) -> str:
     return f"{int(value):,}" if isinstance(value, int | float) else "-"
 
 
-def job_table(jobs: list[dict[str, Any]], out: Path) -> Table:
+def job_table(jobs: list[dict[str, Any]], out: Path | str) -> Table:
     table = Table(title=f"jobs in {out}")
     table.add_column("job")
     table.add_column("status")
@@ -118,19 +121,26 @@ def error_table(errors: list[dict[str, Any]], total: int) -> Table:
     return table
 
 
-def resume_hint(snapshot: dict[str, Any], out: Path) -> str | None:
+def resume_hint(snapshot: dict[str, Any], out: Path, service: str | None = None) -> str | None:
     """`sanstream resume ...` when the job needs it: it was interrupted, or it says running (or queued)
-    while no driver holds its lease (the driver died; the lease expired)."""
+    while no driver holds its lease (the driver died; the lease expired). `service`: the snapshot came from
+    that service (whose snapshot may not say who holds the lease: then only `interrupted` counts)."""
     status = snapshot["status"]
-    stale = status in ("running", "queued") and snapshot.get("lease") is None
+    known_lease = service is None or "lease" in snapshot
+    stale = status in ("running", "queued") and known_lease and snapshot.get("lease") is None
     if status != "interrupted" and not stale:
         return None
+    if service is not None:
+        return f"sanstream resume {snapshot['job_id']} --service {shlex.quote(service)}"
     # With REDIS_URL the output directory is the spec's; without, the one this command found the state in.
     target = (snapshot["spec"].get("output") or str(out)) if os.environ.get("REDIS_URL") else str(out)
     return f"sanstream resume {snapshot['job_id']} --out {shlex.quote(str(target))}"
 
 
-def print_snapshot(console: Console, snapshot: dict[str, Any], out: Path | None = None) -> None:
+def print_snapshot(
+    console: Console, snapshot: dict[str, Any], out: Path | None = None, service: str | None = None
+) -> None:
+    """The job as `sanstream status JOB` shows it; `service`: the URL of the service the snapshot came from."""
     status = snapshot["status"]
     console.print(f"job [bold]{escape(snapshot['job_id'])}[/bold]: {_styled(status)}")
     times = [f"created {_when(snapshot['created'])}"]
@@ -156,9 +166,9 @@ def print_snapshot(console: Console, snapshot: dict[str, Any], out: Path | None 
         console.print(
             escape(f"driver: pid {lease['pid']} on {lease['host']} (lease token {lease['token']}{expires})")
         )
-    elif status in ("running", "queued"):
+    elif status in ("running", "queued") and (service is None or "lease" in snapshot):
         console.print("[yellow]no driver holds this job[/yellow] (its lease expired: the driver is gone)")
-    hint = resume_hint(snapshot, out or DEFAULT_OUT)
+    hint = resume_hint(snapshot, out or DEFAULT_OUT, service)
     if hint is not None:
         console.print(f"resume with: {escape(hint)}", soft_wrap=True)  # one line, to be copied
     console.print(stream_table(snapshot))
@@ -171,6 +181,9 @@ def print_snapshot(console: Console, snapshot: dict[str, Any], out: Path | None 
 def run_status(args: argparse.Namespace) -> int:
     console = Console()
     job_id = check_job_id(args.job) if args.job is not None else None
+    url = service_client.service_url(args)
+    if url is not None:
+        return _service_status(service_client.client_for(url), job_id, args.json, console)
     with open_job_store(args.out) as store:
         if job_id is None:
             jobs = store.list_jobs()
@@ -190,6 +203,30 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(snapshot, indent=2))
     else:
         print_snapshot(console, snapshot, args.out)
+    return 0
+
+
+def _service_status(
+    client: service_client.ServiceClient, job_id: str | None, as_json: bool, console: Console
+) -> int:
+    """`status --service URL`: the same output, from the service's API (the same documents)."""
+    if job_id is None:
+        jobs = client.jobs()
+        if as_json:
+            print(json.dumps(jobs, indent=2))
+        elif not jobs:
+            console.print(escape(f"no jobs on the service at {client.url}"))
+        else:
+            console.print(job_table(jobs, client.url))
+        return 0
+    try:
+        snapshot = client.job(job_id)
+    except service_client.ServiceError as error:
+        raise service_client.known_jobs_error(client, job_id, error) from None
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print_snapshot(console, snapshot, service=client.url)
     return 0
 
 

@@ -84,16 +84,6 @@ if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
-# A stream's next vocabulary: the version and its classes in one atomic step (a reader never sees a
-# version without its classes). ARGV: vocabulary JSON.
-_SET_VOCABULARY = """
-if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return -1 end
-local version = redis.call('HINCRBY', KEYS[1], 'vocabulary_version', 1)
-if version == 1 then version = redis.call('HINCRBY', KEYS[1], 'vocabulary_version', 1) end
-redis.call('HSET', KEYS[1] .. ':vocabularies', tostring(version), ARGV[1])
-return version
-"""
-
 # ARGV: epoch, table, part name, first, last, rows, frames, record JSON, primary table, now, last pts ('' if none)
 _RECORD_COMMIT = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -209,7 +199,6 @@ class JobStore:
         self._set_status = client.register_script(_SET_STATUS)
         self._create = client.register_script(_CREATE_JOB)
         self._bump = client.register_script(_BUMP_EPOCH)
-        self._set_vocabulary = client.register_script(_SET_VOCABULARY)
         self._commit = client.register_script(_RECORD_COMMIT)
         self._export = client.register_script(_RECORD_EXPORT)
 
@@ -230,6 +219,13 @@ class JobStore:
         return cls(client, **kwargs)
 
     # keys -----------------------------------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        """The Redis key of the job's hash (for modules that extend the store, like `stream_changes`)."""
+        return self._job(job_id)
+
+    def stream_key(self, job_id: str, stream_id: str) -> str:
+        return self._stream(job_id, stream_id)
+
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{check_id(job_id, 'job_id')}"
 
@@ -340,25 +336,6 @@ class JobStore:
         """(decoder actor name, writer actor name) of the stream, '' where not placed yet."""
         decoder, writer = self.r.hmget(self._stream(job_id, stream_id), ["decoder", "writer"])
         return (_text(decoder) if decoder else "", _text(writer) if writer else "")
-
-    def set_vocabulary(self, job_id: str, stream_id: str, vocabulary: Sequence[str]) -> int:
-        """Give a running stream a new vocabulary; returns its version (the job spec's is 1). The stream
-        picks it up at its next poll and analyses every later frame with it."""
-        key = self._stream(job_id, stream_id)
-        version = int(self._set_vocabulary(keys=[key], args=[json.dumps(list(vocabulary))]))
-        if version < 0:
-            raise UnknownJobError(f"no stream {stream_id!r} in job {job_id!r}")
-        return version
-
-    def vocabulary_version(self, job_id: str, stream_id: str) -> int:
-        """The stream's newest vocabulary version (1 while it has the job spec's)."""
-        return int(self.r.hget(self._stream(job_id, stream_id), "vocabulary_version") or 1)
-
-    def vocabulary(self, job_id: str, stream_id: str, version: int) -> list[str] | None:
-        """Vocabulary `version` of the stream as set through `set_vocabulary`; None for version 1 (the
-        job spec's) or an unknown version."""
-        raw = self.r.hget(f"{self._stream(job_id, stream_id)}:vocabularies", str(version))
-        return None if raw is None else list(json.loads(raw))
 
     def stream_status(self, job_id: str, stream_id: str) -> str:
         value = self.r.hget(self._stream(job_id, stream_id), "status")

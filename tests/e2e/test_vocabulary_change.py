@@ -16,6 +16,7 @@ import ray
 
 from actors.decoder import DecoderSettings
 from pipeline.jobs.spec import parse_job_spec
+from pipeline.jobs.stream_changes import set_vocabulary
 from pipeline.sample_video import write_sample_video
 from tests.support.jobs import BackgroundJob
 
@@ -51,7 +52,7 @@ def test_rows_before_and_after_a_vocabulary_change_carry_their_own_version(
         commit_interval_s=0.2,
     )
     job.wait_analysed(job_id, "cam", 8)
-    assert job.store.set_vocabulary(job_id, "cam", NEW) == 2
+    assert set_vocabulary(job.store, job_id, "cam", NEW) == 2
     if kill_writer:
         job.wait_analysed(job_id, "cam", 20)
         writer = ray.get_actor(job.store.stream_actors(job_id, "cam")[1])

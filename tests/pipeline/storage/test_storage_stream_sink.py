@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.frames import FrameAreas
-from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
 from pipeline.storage.schema import STAGING_DIR, staging_dir, stream_dir
 from pipeline.storage.stream_sink import SINK_TABLES, StreamSink, WriterRestarted, WriterStart
 from pipeline.storage.writer import PART_NAME_RE
@@ -443,14 +443,3 @@ def test_a_vocabulary_change_mid_stream_gives_each_row_its_own_version_once(tmp_
         (2, len(new_vocab)),
     ]
     check_visible_is_recorded(tmp_path, job)
-
-
-def test_store_vocabulary_versions_start_after_the_spec(job):
-    assert job.vocabulary_version(JOB, STREAM) == 1
-    assert job.set_vocabulary(JOB, STREAM, ["water"]) == 2
-    assert job.set_vocabulary(JOB, STREAM, ["boat", "dock"]) == 3
-    assert job.vocabulary_version(JOB, STREAM) == 3
-    assert job.vocabulary(JOB, STREAM, 2) == ["water"]
-    assert job.vocabulary(JOB, STREAM, 1) is None  # the job spec's
-    with pytest.raises(UnknownJobError, match="no stream"):
-        job.set_vocabulary(JOB, "nosuch", ["x"])

@@ -1,0 +1,111 @@
+"""The service as one Ray Serve application: the SAN replica pool (weights loaded once per replica, text
+embeddings cached per vocabulary, shared by every job) and the HTTP ingress that owns the job manager.
+
+`build_app` is the application builder that `serve run`/`serve deploy` (and KubeRay's RayService) call
+with the `args` of `configs/serve.yaml`; `sanstream serve` calls it too, so both start the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from actors.segmentation import SegmentationReplica
+from actors.service.api import ServiceApi
+
+APP_NAME = "sanstream"
+POOL_NAME = "SegmentationReplica"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What the service runs: its model pool and where jobs write by default.
+
+    Attributes:
+        redis_url: the job store (must persist; `sanstream serve` starts one under `out` when unset).
+        out: output folder of jobs that do not name one.
+        token: bearer token every request must carry (None: no check, for loopback only).
+        autoscaling: Ray Serve autoscaling config for the pool; None keeps `num_replicas`.
+    """
+
+    redis_url: str
+    out: str
+    model: str = "san_vit_b_16"
+    weights: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    num_replicas: int = 1
+    autoscaling: dict[str, Any] | None = None
+    batch_size: int = 8
+    batch_wait_timeout_s: float = 0.05
+    num_gpus_per_replica: float | None = None
+    token: str | None = None
+    replica_resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_spec(self) -> dict[str, str]:
+        return {
+            "name": self.model,
+            "weights": self.weights or self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+
+def pool_options(config: ServiceConfig, gpus_available: bool) -> dict[str, Any]:
+    """Serve options of the pool: a GPU per replica when the cluster has GPUs, enough requests in flight
+    per replica to fill two batches, and no access log (one line per frame)."""
+    gpus = config.num_gpus_per_replica
+    if gpus is None:
+        gpus = 1 if gpus_available else 0
+    options: dict[str, Any] = {
+        "ray_actor_options": {
+            "num_gpus": gpus,
+            "num_cpus": 0 if gpus else 1,
+            "resources": dict(config.replica_resources),
+        },
+        "max_ongoing_requests": max(2 * config.batch_size, 4),
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+    }
+    if config.autoscaling:
+        options["autoscaling_config"] = dict(config.autoscaling)
+    else:
+        options["num_replicas"] = config.num_replicas
+    return options
+
+
+def service_app(config: ServiceConfig, gpus_available: bool = False) -> Application:
+    pool = serve.deployment(SegmentationReplica, name=POOL_NAME).options(
+        **pool_options(config, gpus_available)
+    )
+    model = config.model_spec
+    bound_pool = pool.bind(
+        model["name"],
+        model["weights"],
+        model["device"],
+        model["dtype"],
+        config.batch_size,
+        config.batch_wait_timeout_s,
+        config.redis_url,  # replicas record their batch figures for /metrics
+    )
+    return ServiceApi.bind(bound_pool, config.redis_url, config.out, model, config.token)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Builder for `serve run actors.service.app:build_app` and `serve deploy configs/serve.yaml`:
+    `args` are `ServiceConfig` fields; `redis_url` and `token` default to $REDIS_URL and
+    $SANSTREAM_TOKEN."""
+    values = dict(args)
+    values.setdefault("redis_url", os.environ.get("REDIS_URL", ""))
+    values.setdefault("token", os.environ.get("SANSTREAM_TOKEN") or None)
+    if not values["redis_url"]:
+        raise ValueError("the service needs redis_url (or $REDIS_URL): a Redis that persists job state")
+    values.setdefault("out", os.environ.get("SANSTREAM_OUT", "out"))
+    unknown = sorted(set(values) - set(ServiceConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown service setting(s): {', '.join(unknown)}")
+    return service_app(ServiceConfig(**values))

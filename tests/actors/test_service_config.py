@@ -1,0 +1,59 @@
+"""The service's deployment files: `configs/serve.yaml` and the RayService's `serveConfigV2` are configs that
+`serve deploy` accepts (Ray Serve's own schema), and their application builder makes the service's
+application from their `args`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from actors.service.app import POOL_NAME, ServiceConfig, build_app, pool_options
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def serve_configs() -> dict[str, dict]:
+    rayservice = yaml.safe_load((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
+    return {
+        "configs/serve.yaml": yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text()),
+        "deploy/kuberay-rayservice.yaml": yaml.safe_load(rayservice["spec"]["serveConfigV2"]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(serve_configs()))
+def test_serve_deploy_accepts_the_config_and_its_builder_makes_the_service(name: str) -> None:
+    config = serve_configs()[name]
+    schema = ServeDeploySchema.model_validate(config)
+    [app] = schema.applications
+    assert app.import_path == "actors.service.app:build_app"
+    application = build_app({**app.args, "redis_url": "redis://127.0.0.1:1/0", "token": "t"})
+    ingress = application._bound_deployment
+    pool = ingress.init_args[0]._bound_deployment  # the ingress is bound to the pool
+    assert (ingress.name, pool.name) == ("ServiceApi", POOL_NAME)
+    model, _weights, device, dtype, batch_size, wait, redis_url = pool.init_args
+    assert redis_url == "redis://127.0.0.1:1/0"
+    assert (model, device, dtype) == (app.args["model"], "auto", "auto")
+    assert (batch_size, wait) == (app.args["batch_size"], app.args["batch_wait_timeout_s"])
+    assert pool.ray_actor_options["num_gpus"] == app.args["num_gpus_per_replica"]
+    assert ingress.init_args[2] == app.args["out"] and ingress.init_args[4] == "t"
+
+
+def test_the_builder_names_what_is_missing_or_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ValueError, match="redis_url"):
+        build_app({"model": "san_tiny_test"})
+    with pytest.raises(ValueError, match=r"unknown service setting.*modle"):
+        build_app({"redis_url": "redis://x", "modle": "san_tiny_test"})
+
+
+def test_pool_options_follow_gpus_and_autoscaling() -> None:
+    base = ServiceConfig(redis_url="redis://x", out="/tmp/out", batch_size=16)
+    cpu = pool_options(base, gpus_available=False)
+    assert cpu["ray_actor_options"]["num_gpus"] == 0 and cpu["ray_actor_options"]["num_cpus"] == 1
+    assert cpu["num_replicas"] == 1 and cpu["max_ongoing_requests"] == 32
+    gpu = pool_options(ServiceConfig(redis_url="r", out="o", autoscaling={"max_replicas": 3}), True)
+    assert gpu["ray_actor_options"]["num_gpus"] == 1 and gpu["ray_actor_options"]["num_cpus"] == 0
+    assert gpu["autoscaling_config"] == {"max_replicas": 3} and "num_replicas" not in gpu
