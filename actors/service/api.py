@@ -64,14 +64,40 @@ async def _json_object(request: Request, what: str) -> dict[str, Any]:
     return body
 
 
-def _spec_error(error: JobSpecError, prefix: str = "") -> ApiError:
+def _spec_error(error: JobSpecError) -> ApiError:
+    """A 422 naming every problem of a job spec under its field path."""
+    lines = "; ".join(f"{f}: {m}" if f else m for f, m in error.problems)
+    return ApiError(422, f"invalid job spec: {lines}", list(error.problems))
+
+
+# A stream that passes validation, to check other parts of a spec on their own.
+_PLACEHOLDER = {"id": "probe", "source": "rtsp://127.0.0.1/probe", "vocabulary": ["x"]}
+
+
+def _sizes_the_pool(serve_section: Any) -> bool:
+    """Whether a job's `serve` section asks for anything but the defaults (a spec written out by
+    `JobSpec.to_dict` always carries them)."""
+    if serve_section is None:
+        return False
+    try:
+        spec = parse_job_spec({"output": "/", "streams": [_PLACEHOLDER], "serve": serve_section})
+    except JobSpecError:
+        return True
+    return spec.serve != ServeSpec()
+
+
+def _stream_error(error: JobSpecError, index: int) -> ApiError:
+    """Problems of an added stream, named as fields of the stream itself (`sampling.fps`)."""
+    prefix = f"streams[{index}]"
     problems = [
-        (f"{prefix}{path}" if path else prefix.rstrip("."), message) for path, message in error.problems
+        (path[len(prefix) + 1 :] if path.startswith(prefix + ".") else path, message)
+        for path, message in error.problems
     ]
-    lines = "; ".join(f"{f}: {m}" if f else m for f, m in problems)
-    return ApiError(422, f"invalid {'stream' if prefix else 'job spec'}: {lines}", problems)
+    return ApiError(422, "invalid stream: " + "; ".join(f"{f}: {m}" for f, m in problems), problems)
 
 
+# Everything the ingress uses is defined above it: Serve pickles the decorated class by value when the
+# decorator runs, so a module global defined below it would be missing in the API replica.
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class ServiceApi:
@@ -236,29 +262,3 @@ class ServiceApi:
         from actors.service.metrics import CONTENT_TYPE, render_metrics
 
         return Response(render_metrics(self.store), media_type=CONTENT_TYPE)
-
-
-# A stream that passes validation, to check other parts of a spec on their own.
-_PLACEHOLDER = {"id": "probe", "source": "rtsp://127.0.0.1/probe", "vocabulary": ["x"]}
-
-
-def _sizes_the_pool(serve_section: Any) -> bool:
-    """Whether a job's `serve` section asks for anything but the defaults (a spec written out by
-    `JobSpec.to_dict` always carries them)."""
-    if serve_section is None:
-        return False
-    try:
-        spec = parse_job_spec({"output": "/", "streams": [_PLACEHOLDER], "serve": serve_section})
-    except JobSpecError:
-        return True
-    return spec.serve != ServeSpec()
-
-
-def _stream_error(error: JobSpecError, index: int) -> ApiError:
-    """Problems of an added stream, named as fields of the stream itself (`sampling.fps`)."""
-    prefix = f"streams[{index}]"
-    problems = [
-        (path[len(prefix) + 1 :] if path.startswith(prefix + ".") else path, message)
-        for path, message in error.problems
-    ]
-    return ApiError(422, "invalid stream: " + "; ".join(f"{f}: {m}" for f, m in problems), problems)
