@@ -350,26 +350,3 @@ def test_hung_and_broken_sources_do_not_disturb_good_streams(
         rates[sid] = analysed_rate(out, sid)
     slow = {sid: round(rate, 3) for sid, rate in rates.items() if rate < 0.8 * solo_rate}
     assert not slow, f"good streams slower than 0.8 x their solo {solo_rate:.3f} frames/s: {slow}"
-
-
-def test_one_stream_per_decoder_gives_each_stream_its_own_decoder_and_one_writer(
-    one_stream: SoloRun, clips: dict[str, Path], tmp_path: Path
-) -> None:
-    """`decoding: {streams_per_decoder: 1}` spreads three streams over three decoder processes, which share
-    the single node's one writer, and the output is the default layout's (the one-stream job's rows)."""
-    out = tmp_path / "out"
-    streams = small_streams(clips, 3)
-    ids = [stream["id"] for stream in streams]
-    outcome, watch = run_watched(job(out, "one-per-decoder", streams, decoding={"streams_per_decoder": 1}))
-
-    assert outcome.status == "completed"
-    assert {sid: s.status for sid, s in outcome.streams.items()} == dict.fromkeys(ids, "completed")
-    assert sorted(watch.actors) == ids
-    assert len({watch.actors[sid][0] for sid in ids}) == 3, watch.actors
-    assert len({watch.actors[sid][1] for sid in ids}) == 1, watch.actors
-    assert watch.most == {"DecoderHost": 3, "JobWriter": 1}, watch.peak
-    for table in COMPARED:
-        reference = stream_rows(one_stream.out, table, "s00")
-        assert reference
-        for sid in ids:
-            assert stream_rows(out, table, sid) == reference, f"{sid}: {table}"
