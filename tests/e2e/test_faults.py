@@ -44,10 +44,12 @@ from tests.support.jobs import (
 
 SAMPLED = {"alpha": 40, "beta": 30}  # frames each stream analyses (every frame of 4 s and 3 s at 10 fps)
 RNG = random.Random(20261126)
+# One point per kind: the decoder and writer are shared by both streams, so one kill already disturbs
+# every stream at a different place in its own timeline (and keeps the suite within CI's time budget).
 KILL_POINTS = {
-    "decoder": sorted(RNG.sample(range(2, 30), 2)),
-    "writer": sorted(RNG.sample(range(2, 30), 2)),
-    "replica": sorted(RNG.sample(range(2, 30), 2)),
+    "decoder": sorted(RNG.sample(range(2, 30), 1)),
+    "writer": sorted(RNG.sample(range(2, 30), 1)),
+    "replica": sorted(RNG.sample(range(2, 30), 1)),
     "redis": sorted(RNG.sample(range(2, 30), 1)),
 }
 # Crash points of the commit protocol (stage, record, publish): each must leave a reader exactly the
