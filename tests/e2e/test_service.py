@@ -39,28 +39,12 @@ PIXELS = SIZE[0] * SIZE[1]
 FPS = 10
 STREET, HARBOUR = ["sky", "road", "car"], ["water", "boat"]
 
-# A product bug (actors/service/api.py): `@serve.deployment` pickles the ingress class ServiceApi by value
-# when the decorator runs, so module globals defined below the class are missing in its Serve replica and
-# every request that reaches one answers 500 `NameError`. `api_names_missing_in_replica` reads which names
-# Serve really ships without; the tests whose requests use them are strict xfails while they are missing
-# and plain tests once the names are defined above the class. The names each request path uses:
-SUBMIT = ("_sizes_the_pool",)  # POST /jobs: every spec's `serve` section is checked first
-MODEL = ("_PLACEHOLDER",)  # POST /jobs with `model`: validated against the service's on a placeholder stream
-VOCABULARY = ("_PLACEHOLDER",)  # PUT .../vocabulary: validated on a placeholder stream
-ADDED_STREAM_ERROR = ("_stream_error",)  # POST /jobs/{id}/streams refusing a stream: names its field
 
-
-def api_bug(*names: str) -> pytest.MarkDecorator:
-    missing = sorted(set(names) & api_names_missing_in_replica())
-    return pytest.mark.xfail(
-        bool(missing),
-        strict=True,
-        reason=(
-            f"product bug: actors/service/api.py defines {', '.join(missing)} below the @serve.deployment "
-            "class ServiceApi, which Ray Serve pickles by value at decoration time; the API replica lacks "
-            "them and the request answers 500 NameError"
-        ),
-    )
+def test_the_api_replica_has_every_name_its_handlers_use() -> None:
+    """`@serve.deployment` pickles the ingress class by value when the decorator runs: a module global of
+    actors/service/api.py defined below `ServiceApi` is missing in its replica, and requests using it answer
+    500 `NameError` (a bug this guard caught once)."""
+    assert api_names_missing_in_replica() == frozenset()
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -223,7 +207,6 @@ def assert_same_rows(out: Path, job_id: str, reference: str, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- the shared pool
-@api_bug(*SUBMIT)
 def test_two_jobs_at_once_complete_on_the_one_warm_replica(service: Service, videos: dict[str, Path]) -> None:
     before = service.replica_pids()
     assert len(before) == 1, f"the service should run exactly one SAN replica: {before}"
@@ -284,7 +267,6 @@ def test_two_jobs_at_once_complete_on_the_one_warm_replica(service: Service, vid
 OLD, NEW = ["sky", "road"], ["water", "boat", "dock"]
 
 
-@api_bug(*SUBMIT)
 def test_streams_added_and_removed_and_vocabulary_changed_while_a_job_runs(
     service: Service, videos: dict[str, Path]
 ) -> None:
@@ -292,7 +274,7 @@ def test_streams_added_and_removed_and_vocabulary_changed_while_a_job_runs(
     after a few frames, `late` (20 frames) is added while the job runs.
 
     The vocabulary is changed through the job store, the one place such changes are made (what PUT
-    .../vocabulary calls): the PUT answered 500 when this was written (see `api_bug`), and has a test of its
+    .../vocabulary calls): the PUT answered 500 when this was written (see the replica-names guard), and has a test of its
     own, test_vocabulary_put_changes_a_running_stream."""
     job_id = service.submit(
         job(
@@ -351,7 +333,6 @@ def test_streams_added_and_removed_and_vocabulary_changed_while_a_job_runs(
     assert_complete_rows(out, job_id, "late", HARBOUR, list(range(20)))
 
 
-@api_bug(*SUBMIT, *VOCABULARY)
 def test_vocabulary_put_changes_a_running_stream(service: Service, videos: dict[str, Path]) -> None:
     job_id = service.submit(job("put-vocabulary", stream("cam", videos["medium"], OLD, realtime=True)))
     try:
@@ -372,7 +353,6 @@ def test_vocabulary_put_changes_a_running_stream(service: Service, videos: dict[
 
 
 # ------------------------------------------------------------------------------------------ bad input
-@api_bug(*SUBMIT)
 def test_bad_requests_are_answered_4xx_naming_the_field(service: Service, finished_job: str) -> None:
     video = service.out / "nowhere.mp4"
     unknown_key = service.post(
@@ -405,7 +385,6 @@ def test_bad_requests_are_answered_4xx_naming_the_field(service: Service, finish
     assert service.get("/healthz").status == 200
 
 
-@api_bug(*SUBMIT, *ADDED_STREAM_ERROR)
 def test_an_added_stream_with_a_taken_id_is_refused_naming_the_field(
     service: Service, finished_job: str
 ) -> None:
@@ -417,14 +396,12 @@ def test_an_added_stream_with_a_taken_id_is_refused_naming_the_field(
     assert incomplete.status == 422 and incomplete.problem_fields() == ["vocabulary"], incomplete
 
 
-@api_bug(*SUBMIT, *VOCABULARY)
 def test_empty_vocabulary_is_refused_naming_the_field(service: Service, finished_job: str) -> None:
     answer = service.put(f"/jobs/{finished_job}/streams/cam/vocabulary", {"vocabulary": []})
     assert answer.status == 422, answer
     assert answer.problem_fields() == ["vocabulary"], answer
 
 
-@api_bug(*SUBMIT, *MODEL)
 def test_a_job_naming_a_model_must_name_the_services(service: Service, videos: dict[str, Path]) -> None:
     other = service.post(
         "/jobs",
@@ -443,7 +420,6 @@ def test_a_job_naming_a_model_must_name_the_services(service: Service, videos: d
     assert service.wait("same-model")["status"] == "completed"
 
 
-@api_bug(*SUBMIT)
 def test_a_bad_stream_fails_alone_and_the_service_stays_healthy(
     service: Service, videos: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -465,7 +441,6 @@ def test_a_bad_stream_fails_alone_and_the_service_stays_healthy(
 
 
 # ------------------------------------------------------------------------------ restart: a replica dies
-@api_bug(*SUBMIT)
 def test_restart_replica_killed_mid_job_the_job_completes_exactly_once(
     service: Service, undisturbed: str, videos: dict[str, Path]
 ) -> None:
@@ -493,7 +468,6 @@ def test_restart_replica_killed_mid_job_the_job_completes_exactly_once(
 
 
 # ------------------------------------------------------------------------------------------- /metrics
-@api_bug(*SUBMIT)
 def test_metrics_frames_written_equal_the_parquet_frames_per_stream(
     service: Service, videos: dict[str, Path]
 ) -> None:
@@ -539,7 +513,6 @@ def test_metrics_frames_written_equal_the_parquet_frames_per_stream(
 
 
 # ------------------------------------------------------------------- restart: the whole service dies (last)
-@api_bug(*SUBMIT)
 def test_restart_service_killed_mid_job_is_continued_by_the_next_serve_exactly_once(
     service: Service, undisturbed: str, videos: dict[str, Path]
 ) -> None:
