@@ -5,14 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from pipeline.cli import cancel, demo, plot, query, run, segment, serve, status, weights
 from pipeline.errors import user_errors
+
+DISTRIBUTION = "sanstream"
+
+
+def installed_version() -> str:
+    """The installed distribution's version (what `pip install` recorded), not a number kept in code."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed; run deploy/install.sh)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sanstream", description="Open-vocabulary semantic segmentation of video (SAN) at cluster scale."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {installed_version()}",
+        help="print the installed version and exit",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(subparsers)

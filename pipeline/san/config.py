@@ -1,17 +1,22 @@
-"""Model presets as data: one JSON per SAN variant under `configs/models/`, read into typed dataclasses.
+"""Model presets as data: one JSON per SAN variant in `pipeline/san/presets/`, read into typed dataclasses.
 
 Keeping shapes in data (as open_clip does) means a new preset is a file, not code, and the same numbers are
-shared by the builder, the checkpoint checker and the benchmarks.
+shared by the builder, the checkpoint checker and the benchmarks. The JSON files are package data, read
+through `importlib.resources`, so an installed wheel finds them wherever it lives (`configs/models` in the
+repository is a link to the same folder).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+#: The preset folder inside the installed package (a plain directory for a wheel or an editable install).
+PRESETS: Traversable = files("pipeline.san").joinpath("presets")
 
 
 class UnknownModelError(ValueError):
@@ -81,7 +86,7 @@ class WeightsSource:
 
 @dataclass(frozen=True)
 class SANConfig:
-    """Every number that fixes a SAN variant's architecture (see `configs/models/*.json`).
+    """Every number that fixes a SAN variant's architecture (see `pipeline/san/presets/*.json`).
 
     `fusion_map` maps a CLIP feature index (0 = after `ln_pre`, k = after CLIP block k-1) to the side-adapter
     index where it is added (0 = before the first side block, i = after side block i-1).
@@ -126,17 +131,21 @@ class SANConfig:
 
 
 def available_models() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    """Names of the packaged presets, sorted."""
+    return sorted(
+        entry.name.removesuffix(".json")
+        for entry in PRESETS.iterdir()
+        if entry.name.endswith(".json") and entry.is_file()
+    )
 
 
 def get_config(name_or_path: str | Path) -> SANConfig:
     """Load a preset by name (`san_vit_b_16`) or from a JSON file path."""
     path = Path(name_or_path)
-    if path.suffix != ".json":
-        path = CONFIG_DIR / f"{name_or_path}.json"
-    if not path.is_file():
+    source: Traversable = path if path.suffix == ".json" else PRESETS.joinpath(f"{name_or_path}.json")
+    if not source.is_file():
         raise UnknownModelError(
             f"unknown model {str(name_or_path)!r}: known models are {', '.join(available_models())} "
-            f"(presets live in {CONFIG_DIR})"
+            f"(presets live in {PRESETS})"
         )
-    return SANConfig.from_dict(json.loads(path.read_text()))
+    return SANConfig.from_dict(json.loads(source.read_text(encoding="utf-8")))

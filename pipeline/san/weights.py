@@ -6,6 +6,9 @@ Every released file's sha256 is checked once and remembered. Pickled checkpoints
 `torch.load(weights_only=True)`; arbitrary pickled objects are only unpickled when the file's checksum
 matches a released file, so a job spec cannot make us execute code from an unknown `.pth`. Converting to
 safetensors (`sanstream weights convert`) makes later loads fast and free of pickle entirely.
+
+A file that fits no preset is compared with the closest one, and the error names the missing, unexpected
+and differently shaped tensors: "matches no known model" alone would hide a truncated or edited file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 import os
 import pickle
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +32,8 @@ RANDOM = "random"
 DEFAULT_MODEL = "san_vit_b_16"
 # Buffers the official files carry that we can rebuild when a file lacks them (e.g. mmseg conversions).
 REBUILDABLE_KEYS = ("criterion.empty_weight", "ov_classifier.attn_mask")
+# Keys listed per kind of difference in a checkpoint error; the rest are counted ("and N more").
+MAX_LISTED = 5
 
 
 class WeightsError(RuntimeError):
@@ -102,8 +108,10 @@ def resolve_released(name: str) -> Path:
     config = get_config(name)
     source = config.weights
     if source is None:
+        released = ", ".join(n for n in available_models() if get_config(n).weights is not None)
         raise WeightsNotAvailableError(
-            f"model {name!r} has no released weights; use --weights random or a file"
+            f"model {name!r} has no released weights (released: {released}); "
+            "use random weights ('random') or a checkpoint file for it"
         )
     local_dir = Path(os.environ.get("SANSTREAM_WEIGHTS_DIR") or _cache_dir() / "weights")
     for candidate in (local_dir / source.filename, local_dir / f"{name}.safetensors"):
@@ -173,8 +181,9 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
     """Tensors of a checkpoint file: safetensors, a raw state dict, or one under `"model"`/`"state_dict"`."""
     path = Path(path)
     if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise WeightsNotAvailableError(
-            f"weights file {path} does not exist; check the path given to --weights"
+            f"checkpoint {path} {what}; give the path of a SAN checkpoint (.pth, .pt or .safetensors)"
         )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -184,6 +193,7 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({error})") from error
+    _check_torch_format(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -193,12 +203,42 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
                 "(checksum differs), so loading it could run arbitrary code. If you trust its origin, run "
                 f"`sanstream weights convert {path} OUT.safetensors --trust` once and use the .safetensors file."
             ) from error
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointMismatchError(
-            f"{path} could not be read as a PyTorch checkpoint ({error}); it may be truncated — download it again"
-        ) from error
+        loaded = _torch_load_or_raise(path, weights_only=False)
+    except Exception as error:  # torch's unpickler raises KeyError, IndexError, ... on damaged bytes
+        raise _unreadable(path, error) from error
     return _extract_state_dict(loaded, path)
+
+
+def _check_torch_format(path: Path) -> None:
+    """Refuse a file that is neither of torch.save's formats (a zip archive, or legacy pickle protocol 2+)
+    before unpickling it, so a text or JSON file is named as such instead of failing deep in pickle."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise WeightsNotAvailableError(f"cannot read {path}: {error.strerror or error}") from error
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return
+    found = "an empty file" if not head else "neither a PyTorch checkpoint nor a .safetensors file"
+    raise CheckpointMismatchError(
+        f"{path} is {found}; give the official SAN .pth (e.g. san_vit_b_16.pth) or a .safetensors file "
+        "written by `sanstream weights convert`"
+    )
+
+
+def _torch_load_or_raise(path: Path, *, weights_only: bool) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # see read_state_dict: any failure here means damaged bytes
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointMismatchError:
+    detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return CheckpointMismatchError(
+        f"{path} could not be read as a PyTorch checkpoint ({detail}); it may be truncated or damaged — "
+        "download it again"
+    )
 
 
 def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -215,49 +255,110 @@ def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
-def infer_model_name(state: Mapping[str, torch.Tensor]) -> str:
-    """The preset whose keys and shapes a state dict has, so a bare file needs no --model flag."""
-    for name in available_models():
-        with torch.device("meta"):
-            expected = SAN(get_config(name)).state_dict()
-        if all(
-            k in state and tuple(state[k].shape) == tuple(v.shape)
-            for k, v in expected.items()
-            if k not in REBUILDABLE_KEYS
-        ):
-            return name
+@dataclass(frozen=True)
+class StateDifferences:
+    """How a checkpoint's tensors differ from those a model expects: what a user needs to see to tell a
+    truncated file (missing keys) from another model's (wrong shapes) or another layout (unexpected keys)."""
+
+    expected: int
+    matching: int
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    wrong_shape: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # key, in the file, expected
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    def describe(self) -> str:
+        """How much matches, then one indented line per kind of difference (at most `MAX_LISTED` keys)."""
+        shapes = [
+            f"{key} is {found} in the file, {wanted} in the model" for key, found, wanted in self.wrong_shape
+        ]
+        lines = [
+            f"  {label} ({len(items)}): {_capped(items)}"
+            for label, items in (
+                ("missing", self.missing),
+                ("unexpected", self.unexpected),
+                ("wrong shape", shapes),
+            )
+            if items
+        ]
+        return (
+            f"({self.matching} of {self.expected} tensors match):\n"
+            + "\n".join(lines)
+            + "\nThe file may be truncated, damaged, or belong to another model."
+        )
+
+
+def _capped(items: Sequence[str]) -> str:
+    listed = ", ".join(items[:MAX_LISTED])
+    return listed if len(items) <= MAX_LISTED else f"{listed} and {len(items) - MAX_LISTED} more"
+
+
+def compare_state(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> StateDifferences:
+    """Compare keys and shapes only (works on meta tensors); `REBUILDABLE_KEYS` may be absent."""
+    required = {k: tuple(v.shape) for k, v in expected.items() if k in state or k not in REBUILDABLE_KEYS}
+    wrong_shape = tuple(
+        (k, tuple(state[k].shape), shape)
+        for k, shape in required.items()
+        if k in state and tuple(state[k].shape) != shape
+    )
+    missing = tuple(k for k in required if k not in state)
+    return StateDifferences(
+        expected=len(required),
+        matching=len(required) - len(missing) - len(wrong_shape),
+        missing=missing,
+        unexpected=tuple(k for k in state if k not in expected),
+        wrong_shape=wrong_shape,
+    )
+
+
+def _preset_state(name: str) -> dict[str, torch.Tensor]:
+    """A preset's keys and shapes, built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return SAN(get_config(name)).state_dict()
+
+
+def infer_model_name(state: Mapping[str, torch.Tensor], origin: str = "the checkpoint") -> str:
+    """The preset whose keys and shapes a state dict has, so a bare file needs no --model flag.
+
+    When none fits, the error compares the file with the closest preset (most tensors with the right key
+    and shape), naming what is missing, unexpected or of another shape: one dropped key or one resized
+    tensor is then visible at once instead of a generic "unknown model".
+    """
+    compared = {name: compare_state(_preset_state(name), state) for name in available_models()}
+    for name, differences in compared.items():
+        if not (differences.missing or differences.wrong_shape):
+            return name  # unexpected keys are reported by load_state_into, naming this model
+    closest, differences = max(
+        compared.items(),
+        key=lambda item: (item[1].matching, -len(item[1].missing) - len(item[1].wrong_shape)),
+    )
+    known = ", ".join(available_models())
+    if differences.matching == 0:
+        raise CheckpointMismatchError(
+            f"{origin} matches no known SAN model ({known}): no tensor in it has a SAN key and shape "
+            f"(its keys: {_capped(list(state))}). Is it a SAN checkpoint from MendelXu/SAN?"
+        )
     raise CheckpointMismatchError(
-        "the checkpoint's keys and shapes match no known SAN model "
-        f"({', '.join(available_models())}); is it a SAN checkpoint from MendelXu/SAN?"
+        f"{origin} matches no known SAN model ({known}) exactly; the closest is {closest} "
+        + differences.describe()
     )
 
 
 def load_state_into(model: SAN, state: Mapping[str, torch.Tensor], origin: str) -> None:
     """`load_state_dict(strict=True)` with an error that lists what differs."""
     own = model.state_dict()
+    differences = compare_state(own, state)
+    if not differences.fits:
+        raise CheckpointMismatchError(f"{origin} does not fit {model.config.name} " + differences.describe())
     state = dict(state)
     for key in REBUILDABLE_KEYS:
         if key not in state and key in own:
             state[key] = own[key]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if items:
-                parts.append(
-                    f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-                )
-        raise CheckpointMismatchError(
-            f"{origin} does not fit {model.config.name}: "
-            + "; ".join(parts)
-            + ". The file may be truncated or belong to another model."
-        )
     model.load_state_dict(state, strict=True)
 
 
@@ -321,7 +422,7 @@ def load_checkpoint(
     else:
         path = Path(text).expanduser()
     state = read_state_dict(path, trust_pickle=trust_pickle)
-    config: SANConfig = get_config(model or infer_model_name(state))
+    config: SANConfig = get_config(model or infer_model_name(state, str(path)))
     san = SAN(config)
     load_state_into(san, state, str(path))
     return san.to(device=device, dtype=dtype).eval()
@@ -332,7 +433,7 @@ def convert_to_safetensors(source: str | Path, target: str | Path, *, trust_pick
     from safetensors.torch import save_file
 
     state = read_state_dict(source, trust_pickle=trust_pickle)
-    name = infer_model_name(state)
+    name = infer_model_name(state, str(source))
     san = SAN(get_config(name))
     load_state_into(san, state, str(source))
     target = Path(target)

@@ -69,13 +69,13 @@ def test_wrong_shapes_and_missing_keys_are_listed(tmp_path: Path) -> None:
         load_checkpoint(path, model="san_tiny_test")
     message = str(info.value)
     assert "clip_rec_head.proj" in message and "missing" in message
-    assert "side_adapter_network.query_embed (1, 3, 48)" in message
+    assert "side_adapter_network.query_embed is (1, 3, 48) in the file, (1, 10, 48) in the model" in message
 
 
 def test_unknown_layout_is_rejected_without_model_hint(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"layer.weight": torch.zeros(3)}, path)
-    with pytest.raises(CheckpointMismatchError, match="match no known SAN model"):
+    with pytest.raises(CheckpointMismatchError, match=r"matches no known SAN model.*layer\.weight"):
         load_checkpoint(path)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,8 +74,8 @@ def released_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
     payload = checkpoint.read_bytes()
     presets = tmp_path / "presets"
     presets.mkdir()
-    for preset in san_config.CONFIG_DIR.glob("*.json"):
-        shutil.copy(preset, presets / preset.name)
+    for name in san_config.available_models():
+        (presets / f"{name}.json").write_text(san_config.PRESETS.joinpath(f"{name}.json").read_text())
     tiny = json.loads((presets / "san_tiny_test.json").read_text())
     tiny["weights"] = {
         "hub_repo": "sanstream-test/san",
@@ -85,7 +84,7 @@ def released_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
         "size_bytes": len(payload),
     }
     (presets / "san_tiny_test.json").write_text(json.dumps(tiny))
-    monkeypatch.setattr(san_config, "CONFIG_DIR", presets)
+    monkeypatch.setattr(san_config, "PRESETS", presets)
     # huggingface_hub reads its cache location at import time; point the live constant at a temp folder.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("SANSTREAM_CACHE", str(tmp_path / "sanstream-cache"))
