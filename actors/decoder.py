@@ -48,7 +48,7 @@ from ray.serve.exceptions import RayServeException
 from actors.flow import CommitClock, CommittedFrame, ConnectionStatus, InFlight
 from actors.messages import SegmentReply, SegmentRequest
 from actors.service.metrics import ray_metrics
-from actors.stream_config import DecoderSettings, StreamOutcome
+from actors.stream_config import JobContext, StreamOutcome
 from actors.writer import WriterRestarted, WriterStart
 from pipeline.decode import (
     DecodeError,
@@ -94,26 +94,19 @@ def sampler_for(stream: StreamSpec) -> Sampler:
 class StreamRunner:
     """Runs one stream from its committed position to the end (or cancellation, or a decode error).
 
-    `writer` is the job's `JobWriter` on this node, shared with other streams; every call names the stream.
+    `writer` is a `WriterHost` on this node, shared with other streams (of this job and others); every
+    call names the job and the stream.
     """
 
-    def __init__(
-        self,
-        job_id: str,
-        stream: StreamSpec,
-        store: JobStore,
-        pool: Any,
-        writer: Any,
-        settings: DecoderSettings,
-        return_labels: bool = False,
-    ) -> None:
-        self.job_id = job_id
+    def __init__(self, job: JobContext, stream: StreamSpec, store: JobStore, pool: Any, writer: Any) -> None:
+        self.job = job
+        self.job_id = job_id = job.job_id
         self.stream = stream
         self.store = store
         self.pool = pool
         self.writer = writer
-        self.settings = settings
-        self.return_labels = return_labels
+        self.settings = settings = job.settings
+        self.return_labels = job.return_labels
         self.vocabulary = tuple(stream.vocabulary)
         self.vocabulary_version = 1
         self.connection = ConnectionStatus(self.store, job_id, stream.id, settings.error_interval_s)
@@ -272,7 +265,9 @@ class StreamRunner:
     async def _attempt(self, outcome: StreamOutcome) -> None:
         job, sid = self.job_id, self.stream.id
         begun: WriterStart = await self._call(
-            self.writer.begin.remote(self.stream.id, list(self.stream.vocabulary))
+            self.writer.begin.remote(
+                job, sid, list(self.stream.vocabulary), self.job.output, self.job.commit_interval_s
+            )
         )
         epoch = begun.epoch
         await self._follow_vocabulary(epoch, new_attempt=True)
@@ -349,7 +344,7 @@ class StreamRunner:
             await asyncio.to_thread(producer.join, 5)  # it is ending: the queue was closed
             await self._write_gaps(gaps, epoch)
             await self._hand_over(answered, wall_times, epoch, True, clock)
-            await self._call(self.writer.close.remote(self.stream.id, epoch))
+            await self._call(self.writer.close.remote(self.job_id, self.stream.id, epoch))
         finally:
             stop.set()
             frames.cancel()
@@ -386,7 +381,9 @@ class StreamRunner:
             else None
         )
         vocabulary = tuple(names) if names is not None else tuple(self.stream.vocabulary)
-        await self._call(self.writer.add_vocabulary.remote(self.stream.id, version, list(vocabulary), epoch))
+        await self._call(
+            self.writer.add_vocabulary.remote(self.job_id, self.stream.id, version, list(vocabulary), epoch)
+        )
         self.vocabulary, self.vocabulary_version = vocabulary, version
 
     def _sent(self, frame: Frame) -> None:
@@ -417,7 +414,7 @@ class StreamRunner:
         if not answered and not (commit and clock.handed):
             return
         committed = await self._call(
-            self.writer.append.remote(self.stream.id, answered, wall_times, epoch, commit)
+            self.writer.append.remote(self.job_id, self.stream.id, answered, wall_times, epoch, commit)
         )
         done = commit or committed > 0  # the writer commits everything it holds, or nothing
         clock.handed_over(len(answered), done)
@@ -434,7 +431,9 @@ class StreamRunner:
             return
         batch = list(gaps)
         await self._call(
-            self.writer.add_gaps.remote(self.stream.id, [g.row(self.job_id) for g in batch], epoch)
+            self.writer.add_gaps.remote(
+                self.job_id, self.stream.id, [g.row(self.job_id) for g in batch], epoch
+            )
         )
         del gaps[: len(batch)]
 

@@ -34,7 +34,7 @@ from actors.placement import Placement, StreamCarriers, place_streams
 from actors.progress import progress_bars, update_progress
 from actors.segmentation import deploy, undeploy
 from actors.signals import DriverSignals, JobInterrupted
-from actors.stream_config import DecoderSettings, StreamOutcome
+from actors.stream_config import DecoderSettings, JobContext, StreamOutcome
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
@@ -118,6 +118,7 @@ def run_job(
     allow_volatile_state: bool = False,
     pool: Any = None,
     redis_url: str | None = None,
+    fleet: Any = None,
 ) -> JobOutcome:
     """Run `spec` to the end, or continue it when its job id exists (interrupted, or its driver died).
 
@@ -130,6 +131,8 @@ def run_job(
             for this job alone.
         redis_url: the job store to use (the service's), instead of REDIS_URL or the output folder's
             embedded server; its persistence was checked by whoever chose it.
+        fleet: warm decoders and writers (the service's `actors.fleet.WarmFleet`) to carry the streams,
+            instead of starting actors for this job alone.
 
     From the main thread, SIGINT/SIGTERM stop the job cleanly: the outcome's status is `interrupted` and
     its `signal` says which. A second signal raises `JobInterrupted` (a KeyboardInterrupt) at once.
@@ -180,6 +183,7 @@ def run_job(
             lease,
             signals,
             pool,
+            fleet,
         )
         with ray_session(address, on_init=signals.install):
             outcome = run.execute(finished, show_progress, console)
@@ -261,6 +265,8 @@ class _Run:
     signals: DriverSignals
     #: a shared pool (the service's); None deploys one for this job
     shared_pool: Any = None
+    #: the service's warm decoders and writers; None starts actors for this job
+    fleet: Any = None
 
     @property
     def fencing_token(self) -> int | None:
@@ -291,16 +297,10 @@ class _Run:
             # The spec's flush interval bounds how long an analysed frame waits to be committed.
             settings = dataclasses.replace(self.settings, flush_interval_s=self.spec.flush_interval_s)
             to_run = [stream for stream in self.spec.streams if stream.id not in finished]
-            carriers = place_streams(
-                self.spec,
-                job_id,
-                to_run,
-                self.redis_url,
-                pool,
-                settings,
-                self.placement,
-                self.commit_interval_s,
+            job = JobContext(
+                job_id, str(self.spec.output), settings, self.commit_interval_s, self.spec.store_labels
             )
+            carriers = place_streams(self.spec, job, to_run, self.redis_url, pool, self.placement, self.fleet)
             known = [s.id for s in self.spec.streams]
 
             def start(stream: StreamSpec) -> None:
@@ -336,6 +336,9 @@ class _Run:
                         stopping_since = time.monotonic()
                         self._begin_interrupt(console, retry_at, outcome)
                     if stopping_since is not None and time.monotonic() - stopping_since > INTERRUPT_GRACE_S:
+                        for ref in pending:  # actors shared with other jobs are not killed: cancel
+                            with contextlib.suppress(Exception):
+                                ray.cancel(ref)
                         self._abandon(pending, outcome)
                         break
                     store.heartbeat(job_id, driver_name())
@@ -380,9 +383,8 @@ class _Run:
                     update_progress(progress, tasks, store, job_id)
                 update_progress(progress, tasks, store, job_id)
         finally:
-            for actor in carriers.actors if carriers is not None else []:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
+            if carriers is not None:
+                carriers.release()
             if self.shared_pool is None and not self.lease.lost.is_set():
                 undeploy(job_id)  # (a lost lease: the pool may serve the driver that took over)
         self._check_lease()

@@ -43,6 +43,25 @@ class DecoderSettings:
     live_max_attempts: int | None = None
 
 
+@dataclass(frozen=True)
+class JobContext:
+    """What the streams of one job share, passed with every stream to whichever actors carry it: a
+    decoder or writer may carry streams of many jobs at once (the service keeps them warm for every job),
+    so nothing job-specific is fixed when the actor starts.
+
+    Attributes:
+        output: the job's output folder (its writer's parts go there).
+        commit_interval_s: how often a writer commits each stream's parts (see `StreamSink`).
+        return_labels: replicas also send label maps (the spec's `store_labels`).
+    """
+
+    job_id: str
+    output: str
+    settings: DecoderSettings = field(default_factory=DecoderSettings)
+    commit_interval_s: float = 10.0
+    return_labels: bool = False
+
+
 @dataclass
 class StreamOutcome:
     stream_id: str

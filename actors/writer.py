@@ -1,4 +1,7 @@
-"""One writer actor per job per node: a Ray home for the `StreamSink`s of every stream decoded there.
+"""A writer actor per node: a Ray home for the `StreamSink`s of every stream decoded there, of any job.
+
+A job run by a driver starts its own writer per node; the service keeps one per node warm for every job,
+so a job's first frame does not wait for a process to start. A sink is keyed by job and stream.
 
 A sink is the only thing that commits its stream's parts, so fencing lives there (see
 `pipeline.storage.stream_sink`): each stream keeps its own epoch, commit records and staging, and sharing
@@ -30,111 +33,133 @@ from pipeline.storage.stream_sink import (
     WriterStart,
 )
 
-__all__ = ["DEFAULT_COMMIT_INTERVAL_S", "FRAME_TABLES", "JobWriter", "WriterRestarted", "WriterStart"]
+__all__ = ["DEFAULT_COMMIT_INTERVAL_S", "FRAME_TABLES", "WriterHost", "WriterRestarted", "WriterStart"]
 
 T = TypeVar("T")
 # Threads serving calls: streams commit in parallel up to this many at once.
 WRITER_CONCURRENCY = 16
+#: A sink's key: (job id, stream id).
+SinkKey = tuple[str, str]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=WRITER_CONCURRENCY)
-class JobWriter:
+class WriterHost:
     """Writes `class_areas`, `frames`, `vocabularies` and `gaps` parts (and label PNGs on request) for every
-    stream of one job that is decoded on this writer's node; see `StreamSink` for the arguments."""
+    stream decoded on this writer's node, of one job or many; see `StreamSink`. Every call names the job
+    and the stream; `begin` also says where the job writes.
 
-    def __init__(
-        self,
-        out_dir: str,
-        job_id: str,
-        redis_url: str,
-        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
-        max_rows: int = 250_000,
-    ) -> None:
-        self.out_dir = out_dir
-        self.job_id = job_id
+    Args:
+        redis_url: the job store of every job this writer serves (a driver's or the service's).
+    """
+
+    def __init__(self, redis_url: str, max_rows: int = 250_000) -> None:
         self.store = JobStore.from_url(redis_url)
-        self.commit_interval_s = commit_interval_s
         self.max_rows = max_rows
-        self._sinks: dict[str, StreamSink] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self._sinks: dict[SinkKey, StreamSink] = {}
+        self._locks: dict[SinkKey, threading.Lock] = {}
         self._registry = threading.Lock()
 
-    def _lock(self, stream_id: str) -> threading.Lock:
+    def _lock(self, key: SinkKey) -> threading.Lock:
         with self._registry:
-            return self._locks.setdefault(stream_id, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
-    def _with_sink(self, stream_id: str, action: Callable[[StreamSink], T]) -> T:
+    def _with_sink(self, job_id: str, stream_id: str, action: Callable[[StreamSink], T]) -> T:
         """Run `action` on the stream's sink under its lock. A stream this process has no sink for began
         before a restart of this actor: its attempt is over."""
-        with self._lock(stream_id):
-            sink = self._sinks.get(stream_id)
+        with self._lock((job_id, stream_id)):
+            sink = self._sinks.get((job_id, stream_id))
             if sink is None:
                 raise WriterRestarted(
-                    f"job {self.job_id} stream {stream_id}: the writer restarted since this attempt began"
+                    f"job {job_id} stream {stream_id}: the writer restarted since this attempt began"
                 )
             return action(sink)
 
-    def begin(self, stream_id: str, vocabulary: list[str]) -> WriterStart:
-        """Start a new attempt at `stream_id` (opening its sink on first use): a newer epoch fences every
+    def begin(
+        self,
+        job_id: str,
+        stream_id: str,
+        vocabulary: list[str],
+        out_dir: str,
+        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
+    ) -> WriterStart:
+        """Start a new attempt at the stream (opening its sink on first use): a newer epoch fences every
         earlier attempt off; the answer says where the attempt resumes."""
-        with self._lock(stream_id):
-            sink = self._sinks.get(stream_id)
+        key = (job_id, stream_id)
+        with self._lock(key):
+            sink = self._sinks.get(key)
             if sink is None:
                 sink = StreamSink(
-                    self.out_dir,
-                    self.job_id,
-                    stream_id,
-                    vocabulary,
-                    self.store,
-                    self.commit_interval_s,
-                    self.max_rows,
+                    out_dir, job_id, stream_id, vocabulary, self.store, commit_interval_s, self.max_rows
                 )
-                self._sinks[stream_id] = sink
+                self._sinks[key] = sink
             return sink.begin()
 
     def append(
         self,
+        job_id: str,
         stream_id: str,
         areas: list[FrameAreas],
         wall_times: list[float],
         epoch: int,
         commit: bool = False,
     ) -> int:
-        return self._with_sink(stream_id, lambda sink: sink.append(areas, wall_times, epoch, commit))
+        return self._with_sink(job_id, stream_id, lambda sink: sink.append(areas, wall_times, epoch, commit))
 
-    def add_vocabulary(self, stream_id: str, version: int, vocabulary: list[str], epoch: int) -> None:
+    def add_vocabulary(
+        self, job_id: str, stream_id: str, version: int, vocabulary: list[str], epoch: int
+    ) -> None:
         """Commit a new vocabulary version's names before any frame analysed with it (see StreamSink)."""
-        self._with_sink(stream_id, lambda sink: sink.add_vocabulary(version, vocabulary, epoch))
+        self._with_sink(job_id, stream_id, lambda sink: sink.add_vocabulary(version, vocabulary, epoch))
 
-    def add_gaps(self, stream_id: str, rows: list[dict[str, object]], epoch: int) -> None:
-        self._with_sink(stream_id, lambda sink: sink.add_gaps(rows, epoch))
+    def add_gaps(self, job_id: str, stream_id: str, rows: list[dict[str, object]], epoch: int) -> None:
+        self._with_sink(job_id, stream_id, lambda sink: sink.add_gaps(rows, epoch))
 
-    def flush(self, stream_id: str) -> int:
-        return self._with_sink(stream_id, lambda sink: sink.flush())
+    def flush(self, job_id: str, stream_id: str) -> int:
+        return self._with_sink(job_id, stream_id, lambda sink: sink.flush())
 
-    def close(self, stream_id: str, epoch: int) -> int:
+    def close(self, job_id: str, stream_id: str, epoch: int) -> int:
         """Commit what the stream holds and forget its sink (a stream ends once; a retry begins again)."""
 
         def close_and_forget(sink: StreamSink) -> int:
             committed = sink.close(epoch)
-            self._sinks.pop(stream_id, None)
+            self._forget((job_id, stream_id))
             return committed
 
-        return self._with_sink(stream_id, close_and_forget)
+        return self._with_sink(job_id, stream_id, close_and_forget)
 
-    def streams(self) -> list[str]:
-        """Streams with an open sink here (diagnostics and tests)."""
+    def _forget(self, key: SinkKey) -> None:
         with self._registry:
-            return sorted(self._sinks)
+            self._sinks.pop(key, None)
+            self._locks.pop(key, None)
 
-    def arm_failpoint(self, stream_id: str, point: str, action: str, skip: int = 0) -> None:
+    def forget_job(self, job_id: str) -> list[str]:
+        """Drop the sinks a job left open (streams that failed or were stopped without closing): a warm
+        writer lives for the whole service, so it must not keep ended jobs. What they staged and did not
+        commit is rolled back by the next attempt's `begin` (see `StreamSink`); returns the streams
+        dropped."""
+        with self._registry:
+            keys = [key for key in self._sinks if key[0] == job_id]
+        for key in keys:
+            with self._lock(key):
+                self._forget(key)
+        return sorted(stream_id for _, stream_id in keys)
+
+    def streams(self, job_id: str | None = None) -> list[str]:
+        """Streams with an open sink here, as `job/stream` (diagnostics and tests); only `job_id`'s if
+        given, as bare stream ids."""
+        with self._registry:
+            if job_id is not None:
+                return sorted(stream for job, stream in self._sinks if job == job_id)
+            return sorted(f"{job}/{stream}" for job, stream in self._sinks)
+
+    def arm_failpoint(self, job_id: str, stream_id: str, point: str, action: str, skip: int = 0) -> None:
         """Fault injection for tests: see `StreamSink.arm_failpoint`. A restarted actor starts unarmed."""
-        self._with_sink(stream_id, lambda sink: sink.arm_failpoint(point, action, skip))
+        self._with_sink(job_id, stream_id, lambda sink: sink.arm_failpoint(point, action, skip))
 
-    def armed_failpoints(self, stream_id: str) -> list[str]:
+    def armed_failpoints(self, job_id: str, stream_id: str) -> list[str]:
         """Failpoints armed and not yet hit (tests wait for a fault to have happened)."""
-        with self._lock(stream_id):
-            sink = self._sinks.get(stream_id)
+        with self._lock((job_id, stream_id)):
+            sink = self._sinks.get((job_id, stream_id))
             return sorted(sink.armed) if sink is not None else []
 
     def pid(self) -> int:

@@ -246,7 +246,7 @@ def warm_up(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, si
 ROLES = (
     ("ray::ServeReplica", "replica"),
     ("ray::DecoderHost", "decoder"),
-    ("ray::JobWriter", "writer"),
+    ("ray::WriterHost", "writer"),
     ("ray::ServeController", "serve_controller"),
     ("ray::DashboardAgent", "ray_system"),
     ("ray::RuntimeEnvAgent", "ray_system"),
@@ -475,7 +475,7 @@ def run_pipeline(
     vocabularies: list[list[str]],
     tag: str,
 ) -> dict[str, Any]:
-    from actors.decoder import DecoderSettings
+    from actors.stream_config import DecoderSettings
     from actors.job import run_job
 
     out = workdir / f"job-{tag}-{uuid.uuid4().hex[:6]}"

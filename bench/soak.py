@@ -67,7 +67,7 @@ VOCABULARIES = [
 WORKER_ROLES = (
     ("ray::ServeReplica", "replica"),
     ("ray::DecoderHost", "decoder"),
-    ("ray::JobWriter", "writer"),
+    ("ray::WriterHost", "writer"),
     ("ray::ServeController", "serve_controller"),
 )
 SYSTEM_WORKERS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # "ray::" titles that are not workers
@@ -566,7 +566,7 @@ def main() -> None:
         import torch
         from ray import serve
 
-        from actors.decoder import DecoderSettings
+        from actors.stream_config import DecoderSettings
         from actors.job import run_job
         from pipeline.preflight import expected_frames
 

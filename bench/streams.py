@@ -404,7 +404,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 
 def _run_one(args: argparse.Namespace, n: int, videos: list[Path], workdir: Path) -> dict[str, Any]:
-    from actors.decoder import DecoderSettings
+    from actors.stream_config import DecoderSettings
     from actors.job import run_job
 
     out = workdir / "out"

@@ -6,6 +6,9 @@ the job's lease in Redis (one runner per job, fenced), each stream restarts from
 the job's outcome is recorded in the job store. Jobs submitted here are marked as the service's (`service`
 on the job's hash), so a restarted manager (Ray restarts the actor; a restarted `sanstream serve` creates
 it again) continues every job of the service that had not ended, exactly once, from its stored spec.
+
+The manager keeps decoders and writers warm for every job (`actors.fleet.WarmFleet`): a job's streams
+start on processes that already run, so its first frame is analysed within about a second of the submit.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import ray
 
+from actors.fleet import WarmFleet
 from actors.job import run_job
 from actors.stream_config import DecoderSettings
 from pipeline.jobs.ids import new_job_id
@@ -55,6 +59,7 @@ class JobManager:
         self.settings = settings or DecoderSettings()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self.fleet = WarmFleet(redis_url, pool)
         self.recovered = self._recover()
 
     def submit(self, spec_data: dict[str, Any]) -> str:
@@ -102,6 +107,7 @@ class JobManager:
                 on_started=on_started,
                 pool=self.pool,
                 redis_url=self.redis_url,
+                fleet=self.fleet,
             )
             log.info("job %s ended %s", outcome.job_id, outcome.status)
         except BaseException as error:  # recorded in the store by run_job once registered
@@ -137,6 +143,13 @@ class JobManager:
 
     def recovered_jobs(self) -> list[str]:
         return list(self.recovered)
+
+    def fleet_actors(self) -> dict[str, list[Any]]:
+        """The warm decoders and writers (handles), for diagnostics and tests."""
+        return {
+            "decoders": [host for host, _, _ in self.fleet.decoders],
+            "writers": list(self.fleet.writers.values()),
+        }
 
     def interrupt_all(self, timeout_s: float = 20.0) -> list[str]:
         """Stop every running job resumably (the service is shutting down): each stream commits what it

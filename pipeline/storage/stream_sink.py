@@ -7,7 +7,7 @@ what earlier attempts left in staging (`recover_staged_parts`), drops whatever w
 first frame still needed. The store accepts commits only under the newest epoch, so a writer of an older
 attempt can never commit, and therefore never publish, anything.
 
-No Ray here: `actors.writer.JobWriter` runs one of these per stream, for many streams, in a Ray actor.
+No Ray here: `actors.writer.WriterHost` runs one of these per stream, for many streams, in a Ray actor.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from actors.decoder import StreamRunner
 from actors.flow import ConnectionStatus
 from actors.messages import SegmentReply
 from actors.service import metrics
-from actors.stream_config import DecoderSettings, StreamOutcome
+from actors.stream_config import JobContext, StreamOutcome
 from pipeline.frames import FrameAreas
 from pipeline.jobs import stream_metrics
 from pipeline.jobs.redis_server import EmbeddedRedis
@@ -66,7 +66,7 @@ def test_render_metrics_shows_what_the_workers_recorded(store: JobStore) -> None
     store.incr("job", "cam", "written", 3)
     store.incr("job", "door", "dropped", 7)
     # The stream loop's answers: the analysed counter and the latency histogram.
-    runner = StreamRunner("job", StreamSpec("cam", "/v.mp4", ["a"]), store, None, None, DecoderSettings())
+    runner = StreamRunner(JobContext("job", "/out"), StreamSpec("cam", "/v.mp4", ["a"]), store, None, None)
     outcome = StreamOutcome("cam", "completed")
     for latency in (0.02, 0.3, 0.3, 7.0, 120.0):
         runner._answered(outcome, reply(latency))

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import run_job
 from pipeline.cli.main import main as cli
 from pipeline.decode import Sampler, decode_frames

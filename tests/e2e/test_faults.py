@@ -23,7 +23,7 @@ import pytest
 import ray
 import yaml
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
 from actors.writer import WriterRestarted
 from pipeline.frames import FrameAreas
@@ -154,10 +154,10 @@ def arm_writer(point: str, action: str) -> Callable[[JobStore, str], None]:
 
     def inject(store: JobStore, job_id: str) -> None:
         writer = stream_actor(store, job_id, "alpha", "writer")
-        ray.get(writer.arm_failpoint.remote("alpha", point, action))
+        ray.get(writer.arm_failpoint.remote(job_id, "alpha", point, action))
         if action == "lose_reply":  # the writer lives on: wait until the reply was really lost once
             deadline = time.monotonic() + 60
-            while ray.get(writer.armed_failpoints.remote("alpha")):
+            while ray.get(writer.armed_failpoints.remote(job_id, "alpha")):
                 assert time.monotonic() < deadline, f"failpoint {point} never hit"
                 time.sleep(0.05)
 

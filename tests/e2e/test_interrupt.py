@@ -24,7 +24,7 @@ import redis
 import yaml
 from rich.console import Console
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import run_job
 from actors.progress import progress_bars, update_progress
 from actors.segmentation import undeploy

@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
 from pipeline.cli.main import main as cli
 from pipeline.decode import Sampler, decode_frames

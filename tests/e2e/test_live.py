@@ -18,7 +18,7 @@ import duckdb
 import pytest
 import ray
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
 from pipeline.jobs.redis_server import EmbeddedRedis
 from pipeline.jobs.spec import parse_job_spec

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import redis
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
 from pipeline.decode import Sampler, decode_frames
 from pipeline.jobs.spec import parse_job_spec
@@ -47,7 +47,7 @@ PACED_SETTINGS = DecoderSettings(
     max_in_flight=2, queue_size=3, flush_frames=2, poll_s=0.2, open_timeout_s=HANG_S, read_timeout_s=HANG_S
 )
 # Process titles of a job's own actors (the Serve controller outlives jobs; these must not).
-JOB_ACTOR_TITLES = ("DecoderHost", "JobWriter", "ServeReplica", "SERVE_REPLICA")
+JOB_ACTOR_TITLES = ("DecoderHost", "WriterHost", "ServeReplica", "SERVE_REPLICA")
 SETTINGS = DecoderSettings(max_in_flight=4, flush_frames=4, poll_s=0.2)
 
 
@@ -103,8 +103,8 @@ class Watch:
     url: str = ""
     #: the largest set of actor processes alive at once (pid -> title)
     peak: dict[int, str] = field(default_factory=dict)
-    #: the most decoder (`DecoderHost`) and writer (`JobWriter`) processes alive at once
-    most: dict[str, int] = field(default_factory=lambda: {"DecoderHost": 0, "JobWriter": 0})
+    #: the most decoder (`DecoderHost`) and writer (`WriterHost`) processes alive at once
+    most: dict[str, int] = field(default_factory=lambda: {"DecoderHost": 0, "WriterHost": 0})
     #: stream id -> (decoder actor name, writer actor name), as the job recorded them in its store
     actors: dict[str, tuple[str, str]] = field(default_factory=dict)
     samples: int = 0
@@ -274,7 +274,7 @@ def test_sixteen_streams_need_at_most_four_more_actor_processes_than_one(
 
     one, sixteen = one_stream.watch, watch
     for seen in (one, sixteen):  # the counts did see the jobs' actors
-        assert seen.most["DecoderHost"] >= 1 and seen.most["JobWriter"] >= 1, seen.peak
+        assert seen.most["DecoderHost"] >= 1 and seen.most["WriterHost"] >= 1, seen.peak
         assert any("ServeReplica" in title or "SERVE_REPLICA" in title for title in seen.peak.values())
     assert len(sixteen.peak) <= len(one.peak) + 4, (
         f"16 streams ran on {len(sixteen.peak)} actor processes, 1 stream on {len(one.peak)}:\n"

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,12 +34,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.jobs.stream_changes import set_vocabulary
 from pipeline.sample_video import write_sample_video
 from tests.support.jobs import COMPARED
-from tests.support.service import Service, api_names_missing_in_replica
+from tests.support.service import Service, api_names_missing_in_replica, http
 
 SIZE = (48, 64)  # (height, width) of every video here
 PIXELS = SIZE[0] * SIZE[1]
 FPS = 10
 STREET, HARBOUR = ["sky", "road", "car"], ["water", "boat"]
+#: The module's service requires this bearer token ($SANSTREAM_TOKEN); `Service` sends it.
+TOKEN = "e2e-token-7f3a"
 
 
 def test_the_api_replica_has_every_name_its_handlers_use() -> None:
@@ -158,7 +162,7 @@ def finish(service: Service) -> None:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     folder = tmp_path_factory.mktemp("service")
-    running = Service(folder / "out", log=folder / "serve.log")
+    running = Service(folder / "out", log=folder / "serve.log", token=TOKEN)
     try:
         running.start()
         yield running
@@ -207,16 +211,28 @@ def assert_same_rows(out: Path, job_id: str, reference: str, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- the shared pool
+def carrier_pids(service: Service) -> dict[str, set[int]]:
+    """Pids of the service's decoder and writer processes (`ray::DecoderHost`, `ray::WriterHost`)."""
+    return {
+        kind: {p.pid for p in service.processes_with(f"ray::{kind}")}
+        for kind in ("DecoderHost", "WriterHost")
+    }
+
+
 def test_two_jobs_at_once_complete_on_the_one_warm_replica(service: Service, videos: dict[str, Path]) -> None:
     before = service.replica_pids()
     assert len(before) == 1, f"the service should run exactly one SAN replica: {before}"
+    warm = carrier_pids(service)
+    assert all(len(pids) == 1 for pids in warm.values()), f"one warm decoder and writer expected: {warm}"
     samples: list[tuple[int, ...]] = []
+    carriers: list[dict[str, set[int]]] = []
     per_job_pools: set[str] = set()
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
             samples.append(tuple(service.replica_pids()))
+            carriers.append(carrier_pids(service))
             for process in service.processes_with("ServeReplica:sanstream-"):
                 with contextlib.suppress(Exception):
                     per_job_pools.add(" ".join(process.cmdline()))
@@ -261,6 +277,14 @@ def test_two_jobs_at_once_complete_on_the_one_warm_replica(service: Service, vid
     assert set(samples) == {tuple(before)}, f"replica processes seen while the jobs ran: {set(samples)}"
     assert after == before, f"replica pid changed: {before} -> {after}"
     assert not per_job_pools, f"a job deployed a pool of its own: {per_job_pools}"
+    # Both jobs' streams ran on the service's warm decoder and writer, started before the jobs: no job
+    # started a process of its own, and the status names the shared actors.
+    assert all(seen == warm for seen in carriers), f"carrier processes seen: {carriers} (warm: {warm})"
+    assert carrier_pids(service) == warm
+    for job_id, stream_id in expected:
+        actors = snapshots[job_id]["streams"][stream_id]
+        assert actors.get("decoder", "").startswith("sanstream-service:decoder:"), actors
+        assert actors.get("writer", "").startswith("sanstream-service:writer:"), actors
 
 
 # --------------------------------------------------------------------------------- changes while it runs
@@ -383,6 +407,28 @@ def test_bad_requests_are_answered_4xx_naming_the_field(service: Service, finish
         assert answer.status == 404, (method, path, answer)
         assert "no job" in answer.json["error"] or "no stream" in answer.json["error"], answer
     assert service.get("/healthz").status == 200
+
+
+def test_requests_without_the_bearer_token_are_refused_and_the_cli_client_sends_it(
+    service: Service, finished_job: str
+) -> None:
+    for token in (None, "wrong-token"):
+        for method, path in [("GET", "/jobs"), ("GET", f"/jobs/{finished_job}"), ("GET", "/metrics")]:
+            answer = http(method, service.url + path, token=token)
+            assert answer.status == 401, (token, path, answer)
+            assert "bearer token" in answer.json["error"], answer
+        refused = http("POST", service.url + "/jobs", {"streams": []}, token=token)
+        assert refused.status == 401, refused
+    assert http("GET", service.url + "/healthz").status == 200  # liveness probes carry no token
+    # The CLI as a client, with the token in $SANSTREAM_TOKEN as an operator would set it.
+    env = service.environment()
+    command = [sys.executable, "-m", "pipeline.cli.main", "status", finished_job, "--service", service.url]
+    shown = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "completed" in shown.stdout, shown
+    del env["SANSTREAM_TOKEN"]
+    refused_cli = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert refused_cli.returncode != 0 and "Traceback" not in refused_cli.stdout + refused_cli.stderr
+    assert "token" in (refused_cli.stdout + refused_cli.stderr).lower(), refused_cli
 
 
 def test_an_added_stream_with_a_taken_id_is_refused_naming_the_field(
@@ -531,7 +577,7 @@ def test_restart_service_killed_mid_job_is_continued_by_the_next_serve_exactly_o
         "killed after the last commit: too late"
     )
 
-    again = Service(service.out, log=service.log.with_name("serve-again.log"))
+    again = Service(service.out, log=service.log.with_name("serve-again.log"), token=TOKEN)
     try:
         again.start()
         snapshot = again.wait(job_id, timeout_s=300)

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from actors.job import run_job
 from pipeline.cli.main import build_parser
 from pipeline.cli.main import main as cli

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 import ray
 
-from actors.decoder import DecoderSettings
+from actors.stream_config import DecoderSettings
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.stream_changes import set_vocabulary
 from pipeline.sample_video import write_sample_video

@@ -63,11 +63,15 @@ class Response:
         return [str(p.get("field")) for p in self.json.get("problems", [])]
 
 
-def http(method: str, url: str, body: Any = None, timeout_s: float = 60.0) -> Response:
-    """One request with urllib; `body` is sent as JSON (a str or bytes as they are). 4xx and 5xx answers
-    are returned, not raised."""
+def http(
+    method: str, url: str, body: Any = None, timeout_s: float = 60.0, token: str | None = None
+) -> Response:
+    """One request with urllib; `body` is sent as JSON (a str or bytes as they are), with `token` as a
+    bearer token when given. 4xx and 5xx answers are returned, not raised."""
     data = None
     headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     if body is not None:
         data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body))
         data = data.encode() if isinstance(data, str) else data
@@ -89,6 +93,7 @@ class Service:
         port: HTTP port; a free one when None.
         log: where the service's stdout and stderr go (appended); `out/../serve-<port>.log` when None.
         args: more `sanstream serve` arguments.
+        token: the bearer token the service requires (its $SANSTREAM_TOKEN), sent with every request.
     """
 
     def __init__(
@@ -99,7 +104,9 @@ class Service:
         model: str = "san_tiny_test",
         weights: str = "random",
         args: Iterable[str] = (),
+        token: str | None = None,
     ) -> None:
+        self.token = token
         self.out = Path(out)
         self.port = port or free_port()
         self.log = log or self.out.parent / f"serve-{self.out.name}-{self.port}.log"
@@ -143,7 +150,7 @@ class Service:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"},
+                env={**self.environment(), "PYTHONUNBUFFERED": "1", "COLUMNS": "400"},
             )
         self.session = self.process.pid
         deadline = time.monotonic() + timeout_s
@@ -167,6 +174,14 @@ class Service:
             self.kill()
             self.stop_redis()
             raise
+
+    def environment(self) -> dict[str, str]:
+        """This environment, with the service's token as $SANSTREAM_TOKEN (or none at all): what the
+        service and a CLI client of it run with."""
+        env = {k: v for k, v in os.environ.items() if k != "SANSTREAM_TOKEN"}
+        if self.token:
+            env["SANSTREAM_TOKEN"] = self.token
+        return env
 
     def output(self) -> str:
         """What this start of the service printed so far."""
@@ -289,7 +304,7 @@ class Service:
 
     # ---------------------------------------------------------------------------------------------- HTTP
     def request(self, method: str, path: str, body: Any = None, timeout_s: float = 60.0) -> Response:
-        return http(method, self.url + path, body, timeout_s)
+        return http(method, self.url + path, body, timeout_s, self.token)
 
     def get(self, path: str, timeout_s: float = 60.0) -> Response:
         return self.request("GET", path, timeout_s=timeout_s)
