@@ -31,23 +31,25 @@ from rich.console import Console
 from rich.markup import escape
 
 from actors.placement import Placement, StreamCarriers, place_streams
+from actors.pool_errors import pool_start_error, record_pool_failure
 from actors.progress import progress_bars, update_progress
-from actors.segmentation import deploy, undeploy
+from actors.ray_logging import init_ray
+from actors.reaper import Reaper
+from actors.segmentation import app_name, deploy, undeploy
 from actors.signals import DriverSignals, JobInterrupted
 from actors.stream_config import DecoderSettings, JobContext, StreamOutcome
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
 from pipeline.jobs.spec import JobSpec, StreamSpec, parse_job_spec
-from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
 from pipeline.jobs.stream_changes import stream_ids
 from pipeline.jobs.takeover import (
     DriverReplacedError,
     JobNotResumableError,
-    existing_output,
-    lost_state_message,
     mark_interrupted,
     register_job,
+    stored_job,
 )
 from pipeline.preflight import check_output_dir, check_weights, expected_frames
 from pipeline.storage.errors_table import export_errors
@@ -74,10 +76,13 @@ class JobOutcome:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, on_init: Callable[[], None] | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None, on_init: Callable[[], None] | None = None, verbose: bool = False
+) -> Iterator[None]:
     """Join `address` (or $RAY_ADDRESS, as `ray job submit` sets), else start a local Ray; a session that
     was already initialised by the caller is reused and left running. `on_init` runs right after
-    `ray.init` (which replaces the SIGTERM handler: the driver puts its own back)."""
+    `ray.init` (which replaces the SIGTERM handler: the driver puts its own back). Ray's and Serve's own
+    logs stay in Ray's log folder unless `verbose` (`actors.ray_logging`)."""
     if ray.is_initialized():
         yield
         return
@@ -85,9 +90,7 @@ def ray_session(address: str | None, on_init: Callable[[], None] | None = None) 
     # "local" starts a private Ray even when `ray start` left a cluster on this machine: without an address
     # a job runs on its own Ray, as documented, and only --address/RAY_ADDRESS join a cluster.
     try:
-        ray.init(
-            address=target or "local", namespace="sanstream", include_dashboard=False, logging_level="WARNING"
-        )
+        init_ray(verbose=verbose, address=target or "local", namespace="sanstream", include_dashboard=False)
     except BaseException:  # a signal during start-up: do not leave a half-started local Ray behind
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -119,6 +122,7 @@ def run_job(
     pool: Any = None,
     redis_url: str | None = None,
     fleet: Any = None,
+    verbose: bool = False,
 ) -> JobOutcome:
     """Run `spec` to the end, or continue it when its job id exists (interrupted, or its driver died).
 
@@ -133,6 +137,7 @@ def run_job(
             embedded server; its persistence was checked by whoever chose it.
         fleet: warm decoders and writers (the service's `actors.fleet.WarmFleet`) to carry the streams,
             instead of starting actors for this job alone.
+        verbose: show Ray's and Serve's own logs on the terminal (else they stay in Ray's log folder).
 
     From the main thread, SIGINT/SIGTERM stop the job cleanly: the outcome's status is `interrupted` and
     its `signal` says which. A second signal raises `JobInterrupted` (a KeyboardInterrupt) at once.
@@ -149,10 +154,13 @@ def run_job(
     lease: JobLease | None = None
     embedded = None
     registered = resumed = False
+    reaper = Reaper()  # cleans up what this driver starts, even if it is killed
     signals.install()
     try:
         if redis_url is None:
             redis_url, embedded = resolve_redis(out_dir)
+            if embedded is not None:
+                reaper.watch_redis(out_dir)
         if embedded is None and given_redis is None:  # embedded servers always persist
             warning = check_persistence(
                 redis_url, allow_volatile=volatile_state_allowed(allow_volatile_state)
@@ -185,7 +193,14 @@ def run_job(
             pool,
             fleet,
         )
-        with ray_session(address, on_init=signals.install):
+        local_ray = not (address or os.environ.get("RAY_ADDRESS"))
+
+        def ray_started() -> None:
+            signals.install()
+            if local_ray:  # a Ray this driver started: its processes must not outlive the driver
+                reaper.watch_ray_session()
+
+        with ray_session(address, on_init=ray_started, verbose=verbose):
             outcome = run.execute(finished, show_progress, console)
         outcome.resumed = resumed
         outcome.seconds = time.monotonic() - started
@@ -226,6 +241,7 @@ def run_job(
         signals.restore()
         if lease is not None:
             lease.close()
+        reaper.finish()
         if embedded is not None:
             embedded.stop()
 
@@ -236,20 +252,13 @@ def resume_job(job_id: str, out_dir: str | Path, **kwargs: Any) -> JobOutcome:
     try:
         store = JobStore.from_url(redis_url)
         try:
-            snapshot = store.snapshot(job_id)
-        except UnknownJobError:
-            found = existing_output(Path(out_dir), job_id)
-            if found:
-                raise JobNotResumableError(lost_state_message(job_id, Path(out_dir), found)) from None
-            raise
+            spec, _ = stored_job(store, job_id, Path(out_dir))
         finally:
             store.r.close()
     finally:
         if embedded is not None:
             embedded.stop()
-    data = {key: value for key, value in snapshot["spec"].items() if value is not None}
-    data["job_id"] = job_id
-    return run_job(parse_job_spec(data), **kwargs)
+    return run_job(spec, **kwargs)
 
 
 @dataclass
@@ -290,7 +299,7 @@ class _Run:
         outcome = JobOutcome(job_id, "running", lease_token=self.lease.token)
         carriers: StreamCarriers | None = None
         try:
-            pool = self.shared_pool or deploy(self.spec, job_id, self.placement.replicas)
+            pool = self.shared_pool or self._deploy(finished)
             self._check_lease()
             pending: dict[Any, str] = {}
             attempts: dict[str, int] = {}
@@ -407,6 +416,18 @@ class _Run:
             outcome.status = "failed"
         store.set_status(job_id, outcome.status)
         return outcome
+
+    def _deploy(self, finished: set[str]) -> Any:
+        """This job's replica pool. One that does not start fails the job's unfinished streams with the
+        replicas' own error (`actors.pool_errors`), not Serve's "Deploying application ... failed"."""
+        try:
+            return deploy(self.spec, self.job_id, self.placement.replicas)
+        except Exception as error:
+            failure = pool_start_error(error, app_name(self.job_id), self.job_id)
+            if not self.lease.lost.is_set():
+                streams = [s.id for s in self.spec.streams if s.id not in finished]
+                record_pool_failure(self.store, self.spec, self.job_id, streams, failure)
+            raise failure from error
 
     def _added_streams(self, known: list[str]) -> list[StreamSpec]:
         """Streams added to the job since `known` (which is updated): the stored spec has them."""

@@ -64,8 +64,9 @@ def open_job_store(out: Path) -> Iterator[JobStore]:
 
     Without `REDIS_URL`, state lives in `out/redis/`; when no such directory exists no job ever wrote
     there, and starting a fresh, empty server (leaving a new `redis/` behind) would only hide the typo,
-    so that is an error. A server this command had to start is shut down (with a save) on exit; one that
-    was already running, typically for a job in progress, is left alone (`EmbeddedRedis.stop`).
+    so that is an error. On exit the server is shut down (with a save) unless another user still holds it
+    (a running job, a service, another command; `EmbeddedRedis.stop`): a command never leaves a server
+    running, also not one a killed driver left behind, and never stops one a live job uses.
     """
     env_url = os.environ.get("REDIS_URL")
     if not env_url:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +17,14 @@ from pipeline.cli.common import CommandError, require_out_dir
 from pipeline.jobs.ids import id_problem
 from pipeline.storage.query import run_sql
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 #: Classes named in the legend; with a long vocabulary the rest are drawn thin and grey, unnamed.
 LEGEND_CLASSES = 12
+#: Room below 0 % and above 100 % (as a fraction of the frame): a class that fills the whole frame, or is
+#: absent, draws its line on the border, where the axis would hide it without this margin.
+Y_MARGIN = 0.03
 
 _ROWS_SQL = """
 SELECT job_id, frame_index, pts_seconds, class_id, class_name, fraction
@@ -106,10 +113,27 @@ def _series(rows: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray]:
 
 
 def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray, title: str) -> None:
+    fig = figure(pts, names, fractions, title)
+    try:
+        fig.savefig(path)
+    finally:
+        _pyplot().close(fig)
+
+
+def _pyplot() -> Any:
+    """pyplot on the Agg backend (no display needed; the backend must be chosen before pyplot loads)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display needed; must precede pyplot's import
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure(pts: np.ndarray, names: list[str], fractions: np.ndarray, title: str) -> Figure:
+    """The chart as a matplotlib Figure (the caller saves and closes it): one line per class, the legend
+    naming the LEGEND_CLASSES largest, the y axis from 0 to 100 % with Y_MARGIN to spare on both sides."""
+    plt = _pyplot()
     from matplotlib.ticker import PercentFormatter
 
     means = np.nan_to_num(fractions).mean(axis=0)  # a class missing from a frame counts as absent
@@ -130,7 +154,8 @@ def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray,
         ax.set_xlabel("time in stream (s)")
         ax.set_ylabel("share of frame")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.set_ylim(0, 1)
+        ax.set_ylim(-Y_MARGIN, 1 + Y_MARGIN)
+        ax.set_yticks(np.linspace(0.0, 1.0, 6))  # 0-100 % in steps of 20: no tick in the margins
         if len(pts) > 1:
             ax.set_xlim(pts[0], pts[-1])
         ax.set_title(title)
@@ -143,9 +168,10 @@ def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray,
             fontsize="small",
         )
         fig.tight_layout()
-        fig.savefig(path)
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    return fig
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,10 +17,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import CommandError, require_out_dir
+from pipeline.cli.console import make_console
+from pipeline.cli.formats import percent
 from pipeline.jobs.ids import id_problem
 from pipeline.storage.query import run_sql, summary
 
@@ -76,34 +78,37 @@ def _json_value(value: Any) -> Any:
 
 
 def result_table(result: pa.Table, title: str | None, max_rows: int) -> Table:
+    """Any query's rows. A value too wide for its column is folded onto the next line, never cut short
+    with an ellipsis: ids and paths in a result are there to be read whole. Cells are escaped: a value
+    like `[red]` is data, not rich markup."""
     table = Table(title=title)
     for field in result.schema:
         numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-        table.add_column(field.name, justify="right" if numeric else "left")
+        table.add_column(escape(field.name), justify="right" if numeric else "left", overflow="fold")
     for row in result.slice(0, max_rows).to_pylist():
-        table.add_row(*(_cell(v) for v in row.values()))
+        table.add_row(*(escape(_cell(v)) for v in row.values()))
     return table
 
 
 def summary_table(result: pa.Table) -> Table:
     table = Table()
     several_jobs = len(set(result["job_id"].to_pylist())) > 1
-    if several_jobs:
-        table.add_column("job")
-    table.add_column("stream")
-    table.add_column("class")
-    table.add_column("frames", justify="right")
-    table.add_column("mean", justify="right")
-    table.add_column("max", justify="right")
+    if several_jobs:  # job ids are copied into --job: never wrapped or shortened
+        table.add_column("job", no_wrap=True, min_width=max(map(len, result["job_id"].to_pylist())))
+    table.add_column("stream", overflow="fold")
+    table.add_column("class", overflow="fold")
+    table.add_column("frames", justify="right", no_wrap=True)
+    table.add_column("mean", justify="right", no_wrap=True)
+    table.add_column("max", justify="right", no_wrap=True)
     previous = None
     for row in result.to_pylist():
         key = (row["job_id"], row["stream_id"])
         if previous is not None and key != previous:
             table.add_section()  # a rule between streams keeps long vocabularies readable
         previous = key
-        cells = [row["stream_id"], row["class_name"], f"{row['frames']:,}"]
-        cells += [f"{row['mean_fraction']:.2%}", f"{row['max_fraction']:.2%}"]
-        table.add_row(*([row["job_id"], *cells] if several_jobs else cells))
+        cells = [escape(row["stream_id"]), escape(row["class_name"]), f"{row['frames']:,}"]
+        cells += [percent(row["mean_fraction"]), percent(row["max_fraction"])]
+        table.add_row(*([escape(row["job_id"]), *cells] if several_jobs else cells))
     return table
 
 
@@ -135,13 +140,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(result)
         return 0
-    console = Console()
+    console = make_console()
     if args.sql is None:
         if result.num_rows == 0:
             job = f" of job {args.job}" if args.job else ""
-            console.print(f"no class areas{job} in {out} yet")
+            console.print(escape(f"no class areas{job} in {out} yet"), soft_wrap=True)
         else:
-            console.print(f"share of the frame per class over time, {out}:")
+            console.print(escape(f"share of the frame per class over time, {out}:"), soft_wrap=True)
             console.print(summary_table(result))
         return 0
     if result.num_columns == 0:

@@ -21,7 +21,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli import client as service_client
+from pipeline.cli.checks import check_before_start, check_shorthand, resumable_job
 from pipeline.cli.common import CommandError, check_job_id
+from pipeline.cli.console import make_console
+from pipeline.dtypes import HELP as DTYPE_HELP
+from pipeline.dtypes import METAVAR as DTYPE_METAVAR
+from pipeline.dtypes import dtype_argument
 from pipeline.jobs.ids import unique_stream_ids
 from pipeline.jobs.spec import JobSpec, load_job_spec, parse_job_spec
 from pipeline.storage.query import summary
@@ -43,12 +48,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
     )
     parser.add_argument("--device", default=None, help="replica device: auto, cpu, cuda")
-    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        type=dtype_argument,
+        metavar=DTYPE_METAVAR,
+        help=f"{DTYPE_HELP} (default auto)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="frames per replica batch")
     parser.add_argument("--replicas", type=int, default=None, help="number of SAN replicas")
     parser.add_argument("--job-id", default=None, help="job id (default: generated)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose_argument(parser)
     add_state_arguments(parser)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's and Serve's own logs (by default they stay in Ray's log folder)",
+    )
 
 
 def add_state_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,19 +112,16 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """Build and validate the job spec from --config or from the command-line shorthand, with the
     command-line options overriding the file."""
+    check_shorthand(args)
     if args.config is not None:
-        if args.sources or args.vocab:
-            raise SystemExit("give either --config or SOURCE... --vocab, not both")
         data: dict[str, Any] = load_job_spec(args.config).to_dict()
         base = args.config.parent
     else:
-        if not args.sources or not args.vocab:
-            raise SystemExit("give SOURCE... and --vocab (or --config job.yaml)")
         from pipeline.san.vocabulary import parse_vocabulary_text
 
         vocabulary = list(parse_vocabulary_text(args.vocab))
         ids = unique_stream_ids(args.sources)
-        sampling = {"every": args.every} if args.every else {"fps": args.fps or 1.0}
+        sampling = {"every": args.every} if args.every is not None else {"fps": args.fps or 1.0}
         data = {
             "output": str(args.out or DEFAULT_OUT),
             "streams": [
@@ -169,21 +186,32 @@ def summary_table(out: Path, job_id: str) -> Table:
     return table
 
 
-def execute(spec: JobSpec, args: argparse.Namespace, console: Console) -> int:
+def execute(spec: JobSpec, args: argparse.Namespace, console: Console, out: Path | None = None) -> int:
+    """Run the job here and report it; `out`: the output folder to name (default the spec's)."""
     from actors.job import run_job  # Ray is imported only when a job actually runs
+    from actors.pool_errors import PoolStartError
 
     if (spec.model.weights or spec.model.name) == "random":
         console.print(
             "[yellow]using random weights: the masks are meaningless (pipeline check only)[/yellow]"
         )
-    outcome = run_job(
-        spec,
-        address=args.address,
-        show_progress=not args.no_progress,
-        console=console,
-        allow_volatile_state=getattr(args, "allow_volatile_state", False),
-    )
-    return report(outcome, Path(spec.output), console)
+    out = out or Path(spec.output)
+    try:
+        outcome = run_job(
+            spec,
+            address=args.address,
+            show_progress=not args.no_progress,
+            console=console,
+            allow_volatile_state=getattr(args, "allow_volatile_state", False),
+            verbose=getattr(args, "verbose", False),
+        )
+    except PoolStartError as error:  # recorded as the job's and its streams' error: one line here
+        status = f"sanstream status {error.job_id} --out {shlex.quote(str(out))}"
+        console.print(
+            f"[red]job {escape(error.job_id)} failed[/red]: {escape(str(error))}\n  {escape(status)}"
+        )
+        return 1
+    return report(outcome, out, console)
 
 
 def report(outcome: Any, out: Path, console: Console) -> int:
@@ -205,16 +233,19 @@ def report(outcome: Any, out: Path, console: Console) -> int:
         by = signal.Signals(outcome.signal).name if getattr(outcome, "signal", None) else "an interrupt"
         console.print(
             f"[yellow]job {escape(outcome.job_id)} interrupted by {by}[/yellow] after {outcome.seconds:.1f} s; "
-            f"committed output kept in {escape(str(out))}/\n"
+            f"committed output kept in {escape(str(out))}/"
+        )
+        console.print(
             f"  continue with: {escape(f'sanstream resume {outcome.job_id} --out {where}')}",
             soft_wrap=True,  # the command must stay on one line to be copied
         )
         return 128 + int(getattr(outcome, "signal", None) or signal.SIGINT)
     console.print(
-        escape(
-            f"job {outcome.job_id} {outcome.status} in {outcome.seconds:.1f} s; output in {out}/\n"
-            f"  sanstream status {outcome.job_id} --out {where}\n  sanstream query {where}"
-        )
+        escape(f"job {outcome.job_id} {outcome.status} in {outcome.seconds:.1f} s; output in {out}/")
+    )
+    console.print(
+        escape(f"  sanstream status {outcome.job_id} --out {where}\n  sanstream query {where}"),
+        soft_wrap=True,  # the commands must stay on one line to be copied
     )
     if outcome.status == "completed" and all(s.status == "completed" for s in outcome.streams.values()):
         return 0
@@ -225,11 +256,13 @@ def run(args: argparse.Namespace) -> int:
     url = service_client.service_url(args)
     if url is None:
         _local_only(args)
-        return execute(spec_from_args(args), args, Console())
+        spec = spec_from_args(args)
+        check_before_start(spec, args.address, args=args)  # before Ray is imported: a typo costs a second
+        return execute(spec, args, make_console())
     _check_client_args(args, ("address", "allow_volatile_state", "replicas", "batch_size"))
     client = service_client.client_for(url)
     job_id = client.submit(service_spec(args))
-    return _detached(job_id, client) if args.detach else follow(client, job_id, Console(), args)
+    return _detached(job_id, client) if args.detach else follow(client, job_id, make_console(), args)
 
 
 def _local_only(args: argparse.Namespace) -> None:
@@ -389,11 +422,14 @@ def add_resume_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue an interrupted job (or one whose driver died) from its last committed frames",
     )
     parser.add_argument("job_id", help="the job to resume")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the job's output directory")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="the job's output directory (default: %(default)s)"
+    )
     parser.add_argument(
         "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose_argument(parser)
     add_state_arguments(parser)
     add_client_arguments(parser)
     parser.set_defaults(handler=resume)
@@ -409,17 +445,7 @@ def resume(args: argparse.Namespace) -> int:
             client.resume(job_id)
         except service_client.ServiceError as error:
             raise service_client.known_jobs_error(client, job_id, error) from None
-        return _detached(job_id, client) if args.detach else follow(client, job_id, Console(), args)
+        return _detached(job_id, client) if args.detach else follow(client, job_id, make_console(), args)
     _local_only(args)
-    from actors.job import resume_job
-
-    console = Console()
-    outcome = resume_job(
-        args.job_id,
-        args.out,
-        address=args.address,
-        show_progress=not args.no_progress,
-        console=console,
-        allow_volatile_state=args.allow_volatile_state,
-    )
-    return report(outcome, Path(args.out), console)
+    spec = resumable_job(args.job_id, args.out, args.address)  # checked before Ray is imported
+    return execute(spec, args, make_console(), out=Path(args.out))

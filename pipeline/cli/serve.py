@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.common import DEFAULT_OUT
-from pipeline.jobs.spec import DEVICES_RE, DTYPES
+from pipeline.dtypes import HELP as DTYPE_HELP
+from pipeline.dtypes import METAVAR as DTYPE_METAVAR
+from pipeline.dtypes import dtype_argument
+from pipeline.jobs.spec import DEVICES_RE
 
 TOKEN_ENV = "SANSTREAM_TOKEN"
 
@@ -39,7 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="san_vit_b_16", help="model preset (default: %(default)s)")
     parser.add_argument("--weights", default="", help="checkpoint file or preset name (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="(default: %(default)s)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        type=dtype_argument,
+        metavar=DTYPE_METAVAR,
+        help=f"{DTYPE_HELP} (default: %(default)s)",
+    )
     parser.add_argument("--replicas", type=int, default=1, help="SAN replicas in the pool (default: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward (default: 8)")
     parser.add_argument(
@@ -47,6 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=DEFAULT_OUT,
         help="output folder of jobs that name none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's and Serve's own logs (by default they stay in Ray's log folder)",
     )
     parser.set_defaults(handler=run)
 
@@ -69,8 +83,20 @@ def check_args(args: argparse.Namespace) -> str | None:
         raise ServeError("--replicas and --batch-size must be at least 1")
     if not DEVICES_RE.fullmatch(args.device):
         raise ServeError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    from pipeline.preflight import check_output_dir, check_weights  # the model stack: only when serving
+    from pipeline.jobs.spec import ModelSpec  # the model stack: only when serving
+    from pipeline.preflight import (
+        address_problems,
+        check_output_dir,
+        check_weights,
+        model_problems,
+        runs_locally,
+    )
 
+    model = ModelSpec(name=args.model, device=args.device)
+    problems = [*model_problems(model, runs_locally(args.address)), *address_problems(args.address)]
+    if problems:  # before Ray starts: a typo must not cost a minute of Ray and Serve coming up
+        flags = {"model.name": "--model", "model.device": "--device"}
+        raise ServeError("; ".join(f"{flags[f]}: {m}" if f in flags else m for f, m in problems))
     check_output_dir(Path(args.out))
     check_weights(args.weights or args.model, args.model)
     token = os.environ.get(TOKEN_ENV) or None
@@ -92,6 +118,7 @@ def serve_until(args: argparse.Namespace, token: str | None, stop: threading.Eve
     import ray
     from ray import serve
 
+    from actors.ray_logging import init_ray
     from actors.service.app import APP_NAME, ServiceConfig, service_app
     from actors.service.manager import MANAGER_NAME
     from pipeline.jobs.redis_server import check_persistence, resolve_redis
@@ -103,11 +130,11 @@ def serve_until(args: argparse.Namespace, token: str | None, stop: threading.Eve
             warning = check_persistence(redis_url)
             if warning:
                 print(warning)
-        ray.init(
+        init_ray(
+            verbose=getattr(args, "verbose", False),
             address=args.address or os.environ.get("RAY_ADDRESS") or "local",
             namespace="sanstream",
             include_dashboard=False,
-            logging_level="WARNING",
         )
         for signum in (signal.SIGINT, signal.SIGTERM):  # ray.init replaced SIGTERM's handler
             signal.signal(signum, lambda *_: stop.set())

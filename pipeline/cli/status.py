@@ -24,7 +24,8 @@ from rich.table import Table
 
 from pipeline.cli import client as service_client
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
-from pipeline.jobs.lease import lease_info
+from pipeline.cli.console import make_console
+from pipeline.jobs.lease import driver_gone, lease_info
 from pipeline.jobs.state import UnknownJobError
 
 RECENT_ERRORS = 10
@@ -70,10 +71,13 @@ def _count(value: Any) -> str:
     return f"{int(value):,}" if isinstance(value, int | float) else "-"
 
 
-def job_table(jobs: list[dict[str, Any]], out: Path | str) -> Table:
-    table = Table(title=f"jobs in {out}")
-    table.add_column("job")
-    table.add_column("status")
+def job_table(jobs: list[dict[str, Any]]) -> Table:
+    """One row per job. Job ids are what one copies, so their column never wraps or shortens them (the
+    times wrap at their space instead); the folder they are in is printed above, outside the table."""
+    table = Table()
+    ids = [job["job_id"] for job in jobs]
+    table.add_column("job", no_wrap=True, min_width=max(map(len, ids), default=3))
+    table.add_column("status", no_wrap=True)
     table.add_column("created")
     table.add_column("updated")
     for job in jobs:
@@ -85,10 +89,11 @@ def job_table(jobs: list[dict[str, Any]], out: Path | str) -> Table:
 
 def stream_table(snapshot: dict[str, Any]) -> Table:
     table = Table(title="streams")
-    table.add_column("stream")
-    table.add_column("status")
+    # A stream id that does not fit is folded, never shortened; the counts keep their width.
+    table.add_column("stream", overflow="fold")
+    table.add_column("status", no_wrap=True)
     for name in ("decoded", "analysed", "written", "last frame", "errors"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for stream_id, info in snapshot["streams"].items():
         last = info.get("last_written_frame")
         table.add_row(
@@ -127,7 +132,9 @@ def resume_hint(snapshot: dict[str, Any], out: Path, service: str | None = None)
     that service (whose snapshot may not say who holds the lease: then only `interrupted` counts)."""
     status = snapshot["status"]
     known_lease = service is None or "lease" in snapshot
-    stale = status in ("running", "queued") and known_lease and snapshot.get("lease") is None
+    lease = snapshot.get("lease")
+    driverless = lease is None or (service is None and driver_gone(lease))
+    stale = status in ("running", "queued") and known_lease and driverless
     if status != "interrupted" and not stale:
         return None
     if service is not None:
@@ -159,7 +166,13 @@ def print_snapshot(
         plural = "s" if workers != 1 else ""
         console.print(f"{workers} worker{plural}, last heartbeat {time.time() - latest:.0f}s ago")
     lease = snapshot.get("lease")
-    if lease is not None:
+    if lease is not None and service is None and driver_gone(lease):  # killed: its lease outlives it
+        who = escape(f"pid {lease['pid']} on {lease['host']}")
+        console.print(
+            f"[yellow]driver gone[/yellow]: {who} no longer runs (killed or crashed); the job goes on only "
+            "when resumed"
+        )
+    elif lease is not None:
         expires = (
             f", expires in {lease['ttl_s']:.0f}s unless renewed" if lease.get("ttl_s") is not None else ""
         )
@@ -179,7 +192,7 @@ def print_snapshot(
 
 
 def run_status(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     job_id = check_job_id(args.job) if args.job is not None else None
     url = service_client.service_url(args)
     if url is not None:
@@ -190,9 +203,10 @@ def run_status(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(jobs, indent=2))
             elif not jobs:
-                console.print(f"no jobs in {args.out}")
+                console.print(escape(f"no jobs in {args.out}"), soft_wrap=True)
             else:
-                console.print(job_table(jobs, args.out))
+                console.print(escape(f"jobs in {args.out}:"), soft_wrap=True)
+                console.print(job_table(jobs))
             return 0
         try:
             snapshot = store.snapshot(job_id)
@@ -217,7 +231,8 @@ def _service_status(
         elif not jobs:
             console.print(escape(f"no jobs on the service at {client.url}"))
         else:
-            console.print(job_table(jobs, client.url))
+            console.print(escape(f"jobs in {client.url}:"), soft_wrap=True)
+            console.print(job_table(jobs))
         return 0
     try:
         snapshot = client.job(job_id)

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -175,6 +176,20 @@ class LeaseInfo:
         token, _, holder = value.partition(" ")
         ttl = ttl_ms / 1000 if ttl_ms is not None and ttl_ms >= 0 else None
         return cls(Holder.parse(holder), int(token) if token.isdigit() else -1, ttl, value)
+
+
+def driver_gone(lease: Mapping[str, Any]) -> bool:
+    """Whether the holder of a lease, as `sanstream status --json` shows it (host, pid, started,
+    pid_namespace), ran on this host and its process is gone: a killed driver's lease outlives it by up to
+    the TTL, and until then only this tells a user that the job waits for `sanstream resume`."""
+    pid = lease.get("pid")
+    holder = Holder(
+        str(lease.get("host", "")),
+        pid if isinstance(pid, int) else -1,
+        str(lease.get("started", "")),
+        str(lease.get("pid_namespace", "")),
+    )
+    return holder.is_dead_here()
 
 
 def _text(value: Any) -> str:

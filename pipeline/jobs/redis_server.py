@@ -5,17 +5,23 @@ neither read job state nor, through Redis, write files. Its data (AOF + RDB) liv
 next to the Parquet output, and `OUT/redis/connection.json` (mode 0600) keeps port and password, so
 `sanstream status` or a restarted job on the same output directory finds the same state: it attaches to
 the server if one is still running, and otherwise starts one on the same data.
+
+The server belongs to whoever uses it, not to whoever happened to start it. Every handle that starts or
+attaches holds a shared `flock` on `OUT/redis/.users` until it stops; `stop()` shuts the server down when no
+other handle holds one, whichever process started it. The kernel drops the lock of a process that dies,
+SIGKILL included, so a server left behind by a killed driver is shut down by the next command that attaches
+and stops (`status`, `resume`, the same `run` again), and never while a live job or service still uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -28,9 +34,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pipeline.jobs.redis_users import ServerUsers
+
 HOST = "127.0.0.1"
 _START_TIMEOUT_S = 15.0
 _STOP_TIMEOUT_S = 30.0
+#: Servers this process started and left running for their other users: kept so that they are reaped
+#: (no zombie) once one of those users shuts them down.
+_LEFT_RUNNING: list[subprocess.Popen[bytes]] = []
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -64,6 +75,14 @@ def find_redis_server() -> str:
     )
 
 
+def _is_redis_server(pid: int) -> bool:
+    """Whether `pid` is a running redis-server (a zombie has no command line: it counts as gone)."""
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -90,8 +109,9 @@ class EmbeddedRedis:
     """A redis-server bound to loopback with a password and AOF+RDB persistence under `data_dir/redis/`.
 
     Use as a context manager or call `start()`/`stop()`. If a server started by an earlier process
-    for the same directory still answers, it is reused and `stop()` leaves it running (`owned` False),
-    because another process (the running job) may depend on it.
+    for the same directory still answers, it is reused (`owned` False: this handle did not start it).
+    Either way the handle is one of the server's users until `stop()` (or until it is garbage-collected,
+    or its process dies); `stop()` shuts the server down only when no other user is left.
     """
 
     def __init__(self, data_dir: str | Path, executable: str | None = None) -> None:
@@ -102,6 +122,8 @@ class EmbeddedRedis:
         self.password: str | None = None
         self.owned = False
         self._process: subprocess.Popen[bytes] | None = None
+        # A user from `start()` to `stop()`; a handle dropped without `stop()` stops being one.
+        self._users = ServerUsers(self.dir)
 
     @property
     def connection_file(self) -> Path:
@@ -148,11 +170,12 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(
                 f"cannot create {self.dir} for Redis data: {exc.strerror or exc}"
             ) from exc
-        # The lock stops two processes from starting two servers on one append-only file.
-        with open(self.dir / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        # The lock stops two processes from starting two servers on one append-only file, and a server
+        # from being shut down between another process attaching to it and registering as its user.
+        with self._users.exclusive():
             try:
                 self._attach_or_spawn()
+                self._users.join()
             except BaseException:
                 self.port = None  # a failed start must not look started (`url`, a second `start()`)
                 raise
@@ -182,8 +205,31 @@ class EmbeddedRedis:
         )
 
     def stop(self) -> None:
-        """Save and shut down a server this object started; a reused server is left running."""
+        """Stop using the server; save and shut it down when no other user is left (whoever started it:
+        a server left behind by a killed driver is adopted by the last handle that used it)."""
         process, self._process = self._process, None
+        if self._users.joined or process is not None:
+            with self._users.exclusive():
+                self._users.leave()
+                if not self._users.others():
+                    self._shut_down(process)
+                elif process is not None:
+                    _LEFT_RUNNING.append(process)
+        _LEFT_RUNNING[:] = [left for left in _LEFT_RUNNING if left.poll() is None]
+        self.owned = False
+        self.port = None
+
+    def stop_if_unused(self) -> bool:
+        """Shut down this directory's server if it runs and nobody uses it (its users all died); True when
+        one was shut down. Starts nothing and creates nothing."""
+        if not (self.dir / "connection.json").is_file():
+            return False
+        with self._users.exclusive():
+            return not self._users.others() and self._shut_down(None)
+
+    def _shut_down(self, process: subprocess.Popen[bytes] | None) -> bool:
+        """Save and shut down the server: `process` when this handle started it and it still runs, else
+        whichever server answers for this directory (another process started it, or restarted it)."""
         if process is not None and process.poll() is None:
             with contextlib.suppress(redis.RedisError), self.client(socket_timeout=_STOP_TIMEOUT_S) as client:
                 client.shutdown(save=True)
@@ -192,17 +238,35 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 process.terminate()  # SIGTERM still makes redis save before exiting
                 process.wait(timeout=_STOP_TIMEOUT_S)
-        self.owned = False
-        self.port = None
+            return True
+        known = self._read_connection()
+        if known is None:
+            return False
+        self.port, self.password = known
+        if not self._answers():
+            return False
+        pid = self._server_pid()
+        with contextlib.suppress(redis.RedisError), self.client(socket_timeout=_STOP_TIMEOUT_S) as client:
+            client.shutdown(save=True)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        while pid is not None and _is_redis_server(pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)  # still saves before exiting
+                break
+            time.sleep(0.02)
+        return True
+
+    def _server_pid(self) -> int | None:
+        try:
+            return int((self.dir / "redis.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _refuse_second_server(self) -> None:
         """Two servers on one append-only file would corrupt it, so a live but silent one is an error."""
-        try:
-            pid = int((self.dir / "redis.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return
-        if b"redis-server" in cmdline:
+        pid = self._server_pid()
+        if pid is not None and _is_redis_server(pid):
             raise EmbeddedRedisError(
                 f"redis-server pid {pid} still runs on {self.dir} but does not answer on the port in "
                 f"{self.connection_file.name}; stop it (kill {pid}) and retry"

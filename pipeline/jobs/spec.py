@@ -53,7 +53,10 @@ _AUTOSCALING: dict[str, tuple[type, float, bool]] = {
 
 
 class JobSpecError(ValueError):
-    """The job spec is invalid; `problems` lists (field path, message) pairs, all reported at once."""
+    """The job spec is invalid; `problems` lists (field path, message) pairs, all reported at once.
+    `heading` introduces several problems (subclasses report problems that are not the spec's text)."""
+
+    heading = "invalid job spec"
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
         self.problems = problems
@@ -61,9 +64,9 @@ class JobSpecError(ValueError):
         lines = [f"{path}: {message}" if path else message for path, message in problems]
         where = f" {source}" if source else ""
         if len(lines) == 1:
-            text = f"invalid job spec{where}: {lines[0]}" if source else lines[0]
+            text = f"{self.heading}{where}: {lines[0]}" if source else lines[0]
         else:
-            text = f"invalid job spec{where}, {len(lines)} problems:\n  " + "\n  ".join(lines)
+            text = f"{self.heading}{where}, {len(lines)} problems:\n  " + "\n  ".join(lines)
         super().__init__(text)
 
 

@@ -43,12 +43,7 @@ def register_job(store: JobStore, spec: JobSpec, job_id: str) -> tuple[bool, set
             raise JobNotResumableError(lost_state_message(job_id, Path(spec.output), found)) from None
         store.create_job(job_id, spec.to_dict(), [s.id for s in spec.streams])
         return False, set()
-    if status == "completed":
-        raise JobNotResumableError(f"job {job_id} already completed; choose another job id to run it again")
-    if status in ("failed", "cancelled"):
-        raise JobNotResumableError(
-            f"job {job_id} ended as {status}; its output stays as is. Start a new job id"
-        )
+    refuse_finished(job_id, status)
     snapshot = store.snapshot(job_id)
     changes = spec_changes(snapshot["spec"], spec.to_dict())
     if changes:
@@ -60,6 +55,36 @@ def register_job(store: JobStore, spec: JobSpec, job_id: str) -> tuple[bool, set
     store.clear_interrupt(job_id)
     done = {sid for sid, info in snapshot["streams"].items() if info.get("status") in FINISHED_STREAM}
     return True, done
+
+
+def refuse_finished(job_id: str, status: str) -> None:
+    """A job that ended is never run again: its output is complete, or was ended on purpose."""
+    if status == "completed":
+        raise JobNotResumableError(f"job {job_id} already completed; choose another job id to run it again")
+    if status in ("failed", "cancelled"):
+        raise JobNotResumableError(
+            f"job {job_id} ended as {status}; its output stays as is. Start a new job id"
+        )
+
+
+def stored_job(store: JobStore, job_id: str, out_dir: Path) -> tuple[JobSpec, set[str]]:
+    """What resuming `job_id` runs: the spec stored with it, and its streams that already finished.
+
+    Read without Ray, so `sanstream resume` can check the job (a finished one is refused, the files of
+    its unfinished streams must still be there) before anything starts. Raises `UnknownJobError`, or
+    `JobNotResumableError` when `out_dir` holds output of a job the store does not know (lost state)."""
+    try:
+        snapshot = store.snapshot(job_id)
+    except UnknownJobError:
+        found = existing_output(out_dir, job_id)
+        if found:
+            raise JobNotResumableError(lost_state_message(job_id, out_dir, found)) from None
+        raise
+    refuse_finished(job_id, snapshot["status"])
+    data = {key: value for key, value in snapshot["spec"].items() if value is not None}
+    data["job_id"] = job_id
+    done = {sid for sid, info in snapshot["streams"].items() if info.get("status") in FINISHED_STREAM}
+    return parse_job_spec(data), done
 
 
 def existing_output(out_dir: Path, job_id: str) -> list[Path]:

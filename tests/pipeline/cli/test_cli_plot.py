@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.cli import plot
 from pipeline.cli.main import main
 from tests.pipeline.cli.test_cli_query import write_outputs
 
@@ -103,3 +104,27 @@ def test_unknown_stream_or_job_lists_what_is_there(tmp_path: Path, capsys) -> No
     code, _, err = run_cli(capsys, "plot", tmp_path / "nowhere", "--stream", "cam-a")
     assert code == 2 and "does not exist" in err
     assert not (out / "plots").exists()
+
+
+def test_lines_on_0_and_100_percent_are_drawn_inside_the_axes() -> None:
+    """A class that fills the frame (100 %) or is absent (0 %) draws its line on the border: the y axis
+    leaves a margin on both sides so the spines do not hide it, and keeps its ticks at 0-100 %."""
+    import matplotlib.pyplot as plt
+
+    pts = np.array([0.0, 0.5, 1.0])
+    fractions = np.array([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
+    fig = plot.figure(pts, ["road", "car"], fractions, "margins")
+    try:
+        ax = fig.axes[0]
+        low, high = ax.get_ylim()
+        assert (low, high) == pytest.approx((-plot.Y_MARGIN, 1 + plot.Y_MARGIN)) and plot.Y_MARGIN > 0
+        ticks = ax.get_yticks()
+        assert ticks.min() == 0.0 and ticks.max() == 1.0
+        # In pixels: the 100 % and 0 % lines lie clear of the top and bottom spines by more than half
+        # the line width (1.8 pt at 120 dpi = 3 px), so the whole line shows.
+        box = ax.get_window_extent()
+        top = ax.transData.transform((0.5, 1.0))[1]
+        bottom = ax.transData.transform((0.5, 0.0))[1]
+        assert box.y1 - top > 1.5 and bottom - box.y0 > 1.5
+    finally:
+        plt.close(fig)

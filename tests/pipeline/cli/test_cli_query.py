@@ -26,11 +26,11 @@ DATA = {
 }
 # (frames, mean, max) per (stream, class), computed by hand from DATA.
 EXPECTED = {
-    ("cam-a", "road"): (3, "76.67%", "100.00%"),
-    ("cam-a", "car"): (3, "23.33%", "50.00%"),
-    ("cam-b", "sky"): (2, "20.00%", "30.00%"),
-    ("cam-b", "tree"): (2, "75.00%", "90.00%"),
-    ("cam-b", "person"): (2, "5.00%", "10.00%"),
+    ("cam-a", "road"): (3, "76.7%", "100.0%"),
+    ("cam-a", "car"): (3, "23.3%", "50.0%"),
+    ("cam-b", "sky"): (2, "20.0%", "30.0%"),
+    ("cam-b", "tree"): (2, "75.0%", "90.0%"),
+    ("cam-b", "person"): (2, "5.0%", "10.0%"),
 }
 
 
@@ -95,7 +95,7 @@ def test_summary_json_and_job_filter(out: Path, capsys) -> None:
     assert {r["frames"] for r in rows.values()} == {3, 2}
     write_outputs(out, {"cam-c": (["water"], [[40], [60]])}, job_id="job-other")
     code, text, _ = run_cli(capsys, "query", out)
-    assert code == 0 and ["job-other", "cam-c", "water", "2", "50.00%", "60.00%"] in table_rows(text)
+    assert code == 0 and ["job-other", "cam-c", "water", "2", "50.0%", "60.0%"] in table_rows(text)
     code, text, _ = run_cli(capsys, "query", out, "--job", "job-other", "--json")
     assert [(r["stream_id"], r["mean_fraction"]) for r in json.loads(text)] == [("cam-c", pytest.approx(0.5))]
     code, text, _ = run_cli(capsys, "query", out, "--job", "job-none")

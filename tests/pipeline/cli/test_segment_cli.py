@@ -50,7 +50,7 @@ def test_segment_writes_overlays_and_prints_areas(tmp_path: Path) -> None:
         assert overlay.width > size[0] and overlay.height >= size[1]  # image plus legend panel
     for word in ("road", "car", "tree", "pixels", "fraction"):
         assert word in result.stdout
-    assert "10,800" in result.stdout or "100.00%" in result.stdout
+    assert "10,800" in result.stdout or "100.0%" in result.stdout
 
 
 def test_segment_reports_bad_inputs_clearly(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -116,3 +118,77 @@ def test_a_live_but_silent_server_is_not_doubled(tmp_path):
     finally:
         os.kill(server.pid, signal.SIGCONT)
         server.stop()
+
+
+def server_pid(folder) -> int:
+    return int((folder / "redis" / "redis.pid").read_text())
+
+
+def is_redis_server(pid: int) -> bool:
+    try:
+        return b"redis-server" in open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return False
+
+
+def test_the_last_user_stops_the_server_whoever_started_it(tmp_path):
+    """Two jobs on one output folder: the one that started the server may end first; the server must
+    stay up for the other, which then stops it."""
+    first = EmbeddedRedis(tmp_path).start()
+    second = EmbeddedRedis(tmp_path).start()
+    pid = first.pid
+    assert second.owned is False and second.port == first.port
+    first.stop()
+    assert second.client().ping() and is_redis_server(pid)
+    second.stop()
+    assert not port_open(first_port := json.loads(second.connection_file.read_text())["port"])
+    assert not is_redis_server(pid), f"redis-server {pid} outlived its last user (port {first_port})"
+
+
+def test_a_server_left_by_a_killed_user_is_adopted_and_stopped(tmp_path):
+    """A driver killed with SIGKILL cannot stop its server: the next handle that attaches (a `status`, a
+    resume) finds nobody else using it, so its stop() shuts it down; nothing is left running."""
+    script = (
+        "import sys, time; from pipeline.jobs.redis_server import EmbeddedRedis; "
+        "server = EmbeddedRedis(sys.argv[1]).start(); print('up', flush=True); time.sleep(600)"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        pid = server_pid(tmp_path)
+        guest = EmbeddedRedis(tmp_path).start()  # a live user elsewhere: attach, and leave it running
+        assert guest.owned is False
+        guest.stop()
+        assert is_redis_server(pid) and not EmbeddedRedis(tmp_path).stop_if_unused()
+    finally:
+        driver.kill()
+        driver.wait()
+    assert is_redis_server(pid), "the server must survive its starter (its data is still in use)"
+    adopter = EmbeddedRedis(tmp_path).start()
+    adopter.client().set("key", "value")
+    adopter.stop()
+    assert not is_redis_server(pid)
+    with EmbeddedRedis(tmp_path) as again:  # saved on the way down
+        assert again.client().get("key") == b"value"
+
+
+def test_stop_if_unused_shuts_down_an_orphan_and_starts_nothing(tmp_path):
+    assert not EmbeddedRedis(tmp_path).stop_if_unused()
+    assert not (tmp_path / "redis").exists()
+    server = EmbeddedRedis(tmp_path).start()
+    pid = server.pid
+    assert not EmbeddedRedis(tmp_path).stop_if_unused()  # `server` still uses it
+    server._users.leave()  # as if its process had died
+    assert EmbeddedRedis(tmp_path).stop_if_unused()
+    assert not is_redis_server(pid)
+    server.stop()
+
+
+def test_a_dropped_handle_stops_counting_as_a_user(tmp_path):
+    with EmbeddedRedis(tmp_path) as server:
+        url = EmbeddedRedis(tmp_path).start().url  # attached, then dropped: only the URL is kept
+        assert redis.Redis.from_url(url).ping()
+        pid = server.pid
+    assert not is_redis_server(pid)
