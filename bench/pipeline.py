@@ -475,8 +475,8 @@ def run_pipeline(
     vocabularies: list[list[str]],
     tag: str,
 ) -> dict[str, Any]:
-    from actors.stream_config import DecoderSettings
     from actors.job import run_job
+    from actors.stream_config import DecoderSettings
 
     out = workdir / f"job-{tag}-{uuid.uuid4().hex[:6]}"
     spec = job_spec(args, out, videos, vocabularies, tag)

@@ -566,8 +566,8 @@ def main() -> None:
         import torch
         from ray import serve
 
-        from actors.stream_config import DecoderSettings
         from actors.job import run_job
+        from actors.stream_config import DecoderSettings
         from pipeline.preflight import expected_frames
 
         report["versions"] = {"ray": ray.__version__, "torch": torch.__version__}

@@ -404,8 +404,8 @@ def run_one(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 
 def _run_one(args: argparse.Namespace, n: int, videos: list[Path], workdir: Path) -> dict[str, Any]:
-    from actors.stream_config import DecoderSettings
     from actors.job import run_job
+    from actors.stream_config import DecoderSettings
 
     out = workdir / "out"
     spec, realtime = build_spec(args, out, videos, not args.no_realtime)

@@ -13,8 +13,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from actors.stream_config import DecoderSettings
 from actors.job import run_job
+from actors.stream_config import DecoderSettings
 from pipeline.cli.main import main as cli
 from pipeline.decode import Sampler, decode_frames
 from pipeline.jobs.redis_server import EmbeddedRedis

@@ -4,18 +4,22 @@ equal, row for row, the output of an undisturbed run of the same job.
 
 Kill points are drawn from a seeded generator over the job's progress (frames analysed), so every run of
 the suite tries the same points; `KILL_POINTS` below records how many.
+
+The in-process jobs share one SAN pool (`pool`), as the service's jobs do: a job's own deploy and model
+load are covered by the driver tests at the end and elsewhere, and would cost each case a replica start.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -23,8 +27,9 @@ import pytest
 import ray
 import yaml
 
-from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
+from actors.segmentation import app_name, deploy, undeploy
+from actors.stream_config import DecoderSettings
 from actors.writer import WriterRestarted
 from pipeline.frames import FrameAreas
 from pipeline.jobs.redis_server import EmbeddedRedis
@@ -35,12 +40,12 @@ from pipeline.storage.stream_sink import StreamSink
 from tests.support.jobs import (
     COMPARED,
     BackgroundJob,
-    continue_job,
     sanstream,
     table_rows,
     two_stream_job,
     wait_for_progress,
 )
+from tests.support.processes import ProcessKey, descendants, follow, redis_servers_under, wait_gone
 
 SAMPLED = {"alpha": 40, "beta": 30}  # frames each stream analyses (every frame of 4 s and 3 s at 10 fps)
 RNG = random.Random(20261126)
@@ -79,13 +84,30 @@ def spec_for(out: Path, job_id: str, videos: dict[str, Path]):
 SETTINGS = DecoderSettings(max_in_flight=4, flush_frames=4, poll_s=0.2)
 
 
+POOL = "faults-pool"
+
+
+@pytest.fixture(scope="module")
+def pool(
+    local_ray: None, fault_videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The SAN pool every in-process job of this module runs on (the spec's model and batching)."""
+    handle = deploy(spec_for(tmp_path_factory.mktemp("pool"), POOL, fault_videos), POOL)
+    yield handle
+    undeploy(POOL)
+
+
 @pytest.fixture(scope="module")
 def reference(
-    local_ray: None, fault_videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    pool: Any, fault_videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, list[tuple]]:
     out = tmp_path_factory.mktemp("reference")
     outcome = run_job(
-        spec_for(out, "ref", fault_videos), settings=SETTINGS, show_progress=False, commit_interval_s=0.3
+        spec_for(out, "ref", fault_videos),
+        settings=SETTINGS,
+        show_progress=False,
+        commit_interval_s=0.3,
+        pool=pool,
     )
     assert outcome.status == "completed"
     rows = {table: table_rows(out, table) for table in COMPARED}
@@ -94,11 +116,20 @@ def reference(
 
 
 def run_with_fault(
-    out: Path, job_id: str, videos: dict[str, Path], at_frame: int, inject: Callable[[JobStore, str], None]
+    out: Path,
+    job_id: str,
+    videos: dict[str, Path],
+    at_frame: int,
+    inject: Callable[[JobStore, str], None],
+    pool: Any,
 ) -> JobOutcome:
-    """Run the job in a thread; when stream alpha has analysed `at_frame` frames, call `inject`."""
+    """Run the job in a thread on `pool`; when stream alpha has analysed `at_frame` frames, call `inject`."""
     job = BackgroundJob(
-        spec_for(out, job_id, videos), settings=SETTINGS, show_progress=False, commit_interval_s=0.3
+        spec_for(out, job_id, videos),
+        settings=SETTINGS,
+        show_progress=False,
+        commit_interval_s=0.3,
+        pool=pool,
     )
     job.wait_analysed(job_id, "alpha", at_frame)
     store = job.store
@@ -130,10 +161,11 @@ def kill_actor(role: str) -> Callable[[JobStore, str], None]:
 
 
 def kill_replica(store: JobStore, job_id: str) -> None:
+    """SIGKILL the replica of the module's pool (Serve starts another; the job's frames in flight fail)."""
     victims = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if any(f"ServeReplica:sanstream-{job_id}" in part for part in (p.info["cmdline"] or []))
+        if any(f"ServeReplica:{app_name(POOL)}" in part for part in (p.info["cmdline"] or []))
     ]
     assert victims, "no replica process found"
     victims[0].send_signal(signal.SIGKILL)
@@ -195,7 +227,12 @@ CASES += [(kind, point) for kind, point in zip(COMMIT_FAULTS, COMMIT_FAULT_POINT
 
 @pytest.mark.parametrize(("kind", "point"), CASES, ids=[f"{k}-at-{p}" for k, p in CASES])
 def test_output_after_a_fault_equals_the_undisturbed_run(
-    kind: str, point: int, reference: dict[str, list[tuple]], fault_videos: dict[str, Path], tmp_path: Path
+    kind: str,
+    point: int,
+    reference: dict[str, list[tuple]],
+    pool: Any,
+    fault_videos: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     inject = {
         "decoder": kill_actor("decoder"),
@@ -207,7 +244,7 @@ def test_output_after_a_fault_equals_the_undisturbed_run(
         "lost-commit-reply": arm_writer("record_reply", "lose_reply"),
         "zombie-writer": zombie_writer(tmp_path),
     }[kind]
-    outcome = run_with_fault(tmp_path, f"fault-{kind}-{point}", fault_videos, point, inject)
+    outcome = run_with_fault(tmp_path, f"fault-{kind}-{point}", fault_videos, point, inject, pool)
     assert outcome.status == "completed", outcome
     assert {s.status for s in outcome.streams.values()} == {"completed"}
     for table in COMPARED:
@@ -220,37 +257,51 @@ def test_output_after_a_fault_equals_the_undisturbed_run(
     assert not [p for p in (tmp_path / "_staging").rglob("*") if p.is_file()]
 
 
-DRIVER_KILL_POINTS = sorted(RNG.sample(range(3, 30), 2))
+DRIVER_KILL_POINT = RNG.randrange(3, 30)
 
 
-def crash(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the driver and everything it started (its local Ray), like a machine losing power; the
-    job-state Redis runs in its own session and survives, as it would on its own host."""
-    root = psutil.Process(process.pid)
-    family = [root, *root.children(recursive=True)]
-    for member in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "redis-server" not in " ".join(member.cmdline()):
-                member.kill()
-    process.wait(timeout=30)
-
-
-@pytest.mark.parametrize(
-    ("point", "how"), list(zip(DRIVER_KILL_POINTS, ["resume", "run-again"], strict=True))
-)
-def test_killed_driver_is_resumed_exactly_once(
-    point: int, how: str, reference: dict[str, list[tuple]], fault_videos: dict[str, Path], tmp_path: Path
+def test_a_killed_driver_leaves_nothing_running_and_resume_finishes_the_job_exactly_once(
+    reference: dict[str, list[tuple]], fault_videos: dict[str, Path], tmp_path: Path
 ) -> None:
-    job_id = f"driver-{how}-{point}"
+    """SIGKILL of a `sanstream run` driver mid-job (its own local Ray and embedded Redis). Everything it
+    started is stopped by its watcher without anyone resuming the job; `status` says the driver is gone and
+    how to resume (leaving no server running either); `resume` finishes the job, its output equal row for
+    row to an undisturbed run, and leaves nothing running when it returns."""
+    job_id = f"driver-{DRIVER_KILL_POINT}"
     data = spec_for(tmp_path, job_id, fault_videos).to_dict()
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(data))
     driver = sanstream("run", "--config", str(config), "--no-progress")
-    store = wait_for_progress(driver, tmp_path, job_id, point)
-    crash(driver)
-    assert store.status(job_id) == "running"
-    assert store.committed_frames(job_id, "alpha") < SAMPLED["alpha"] - 1
-    continue_job(how, job_id, tmp_path, config)
-    assert store.status(job_id) == "completed"
+    started: dict[ProcessKey, str] = {}
+    try:
+        store = wait_for_progress(driver, tmp_path, job_id, DRIVER_KILL_POINT, seen=started)
+        assert store.committed_frames(job_id, "alpha") < SAMPLED["alpha"] - 1
+        started |= descendants(driver.pid)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    names = " ".join(started.values())
+    for program in ("redis-server", "raylet", "gcs_server", "ray::"):  # what the driver started
+        assert program in names, names
+    wait_gone(started, tmp_path, timeout_s=30)  # its watcher stopped its Ray and its Redis
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "status", job_id, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr, shown
+    assert f"job {job_id}: running" in shown.stdout and "driver gone" in shown.stdout, shown.stdout
+    assert f"resume with: sanstream resume {job_id} --out {tmp_path}" in shown.stdout, shown.stdout
+    assert not redis_servers_under(tmp_path), "status left the server it started running"
+
+    resumed = sanstream("resume", job_id, "--out", str(tmp_path), "--no-progress")
+    output, resumed_started = follow(resumed)
+    assert resumed.returncode == 0 and f"job {job_id} completed" in output and "Traceback" not in output, (
+        output
+    )
+    wait_gone(resumed_started, tmp_path, timeout_s=5)  # gone when the command returns, or right after
     for table in COMPARED:
-        assert table_rows(tmp_path, table) == reference[table], f"{table} differs after resuming ({how})"
+        assert table_rows(tmp_path, table) == reference[table], f"{table} differs after the resume"

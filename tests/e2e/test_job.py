@@ -12,8 +12,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
+from actors.stream_config import DecoderSettings
 from pipeline.cli.main import main as cli
 from pipeline.decode import Sampler, decode_frames
 from pipeline.jobs.spec import JobSpec, parse_job_spec

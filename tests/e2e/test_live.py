@@ -18,8 +18,8 @@ import duckdb
 import pytest
 import ray
 
-from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
+from actors.stream_config import DecoderSettings
 from pipeline.jobs.redis_server import EmbeddedRedis
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.state import JobStore

@@ -23,8 +23,8 @@ import psutil
 import pytest
 import redis
 
-from actors.stream_config import DecoderSettings
 from actors.job import JobOutcome, run_job
+from actors.stream_config import DecoderSettings
 from pipeline.decode import Sampler, decode_frames
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.state import JobStore

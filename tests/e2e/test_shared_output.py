@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from actors.stream_config import DecoderSettings
 from actors.job import run_job
+from actors.stream_config import DecoderSettings
 from pipeline.cli.main import build_parser
 from pipeline.cli.main import main as cli
 from pipeline.cli.run import spec_from_args

@@ -144,22 +144,32 @@ class BackgroundJob:
         return self.result["outcome"]
 
 
-def wait_for_progress(driver: subprocess.Popen[str], out: Path, job_id: str, frames: int) -> Any:
+def wait_for_progress(
+    driver: subprocess.Popen[str], out: Path, job_id: str, frames: int, seen: dict[Any, str] | None = None
+) -> Any:
     """The job's store (a `JobStore`) once stream alpha of a `sanstream run` subprocess analysed `frames`
-    frames; the driver must still run."""
+    frames; the driver must still run. `seen` collects the processes the driver started meanwhile (see
+    `tests.support.processes.descendants`)."""
     from pipeline.jobs.redis_server import resolve_redis
     from pipeline.jobs.state import JobStore
+    from tests.support.processes import descendants
+
+    def note() -> None:
+        if seen is not None:
+            seen.update(descendants(driver.pid))
 
     deadline = time.monotonic() + 240
     while not (out / "redis" / "connection.json").exists():
         assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
         assert time.monotonic() < deadline
+        note()
         time.sleep(0.1)
-    url, _ = resolve_redis(out)  # attaches to the driver's own server without owning it
+    url, _ = resolve_redis(out)  # attaches to the driver's server; the handle dropped here is no user
     store = JobStore.from_url(url)
     while not store.list_jobs() or store.stream_counter(job_id, "alpha", "analysed") < frames:
         assert driver.poll() is None, f"driver ended early: {driver.stdout.read() if driver.stdout else ''}"
         assert time.monotonic() < deadline, "job made no progress"
+        note()
         time.sleep(0.05)
     return store
 
