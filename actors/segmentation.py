@@ -106,30 +106,52 @@ class SegmentationReplica:
         return replies
 
 
-def deployment_options(
-    spec: JobSpec, gpus_available: bool, resources: dict[str, float] | None = None
+#: Requests a replica holds at once, in batches: enough that the next batches are already waiting at the
+#: replica when one finishes. At two batches a replica idled about a third of the time, waiting for the
+#: routers in the decoders to notice free slots (bench/service.py: 0.75 of the bare loop's frames/s, 0.95
+#: at eight); each stream still keeps at most `max_in_flight` frames in flight.
+BATCHES_QUEUED_PER_REPLICA = 8
+
+
+def replica_options(
+    batch_size: int,
+    num_gpus: float | None,
+    gpus_available: bool,
+    resources: dict[str, float],
+    num_replicas: int,
+    autoscaling: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Serve options from the job's `serve` section: replicas or autoscaling, GPUs when the cluster has
-    them, and enough in-flight requests per replica to fill two batches."""
-    serve_spec = spec.serve
-    num_gpus = serve_spec.num_gpus_per_replica
+    """Serve options of a SAN pool (a job's own or the service's): a GPU per replica when the cluster has
+    GPUs (unless `num_gpus` says), `BATCHES_QUEUED_PER_REPLICA` batches of requests per replica, replicas
+    or autoscaling, and no access log (one line per frame would flood the console and Ray's log files)."""
     if num_gpus is None:
         num_gpus = 1 if gpus_available else 0
     options: dict[str, Any] = {
-        "ray_actor_options": {
-            "num_gpus": num_gpus,
-            "num_cpus": 0 if num_gpus else 1,
-            "resources": resources or {},
-        },
-        "max_ongoing_requests": max(2 * serve_spec.batch_size, 4),
-        # One access-log line per frame would flood the driver's console and Ray's log files.
+        "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 0 if num_gpus else 1, "resources": resources},
+        "max_ongoing_requests": max(BATCHES_QUEUED_PER_REPLICA * batch_size, 16),
         "logging_config": {"log_level": "WARNING", "enable_access_log": False},
     }
-    if serve_spec.autoscaling or serve_spec.num_replicas == "auto":
-        options["autoscaling_config"] = dict(serve_spec.autoscaling or {"min_replicas": 1, "max_replicas": 4})
+    if autoscaling:
+        options["autoscaling_config"] = dict(autoscaling)
     else:
-        options["num_replicas"] = serve_spec.num_replicas
+        options["num_replicas"] = num_replicas
     return options
+
+
+def deployment_options(
+    spec: JobSpec, gpus_available: bool, resources: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Serve options from the job's `serve` section (`num_replicas: auto` autoscales from 1 to 4)."""
+    serve_spec = spec.serve
+    auto = serve_spec.num_replicas == "auto"
+    return replica_options(
+        serve_spec.batch_size,
+        serve_spec.num_gpus_per_replica,
+        gpus_available,
+        dict(resources or {}),
+        1 if auto else int(serve_spec.num_replicas),
+        serve_spec.autoscaling or ({"min_replicas": 1, "max_replicas": 4} if auto else None),
+    )
 
 
 def app_name(job_id: str) -> str:

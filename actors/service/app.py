@@ -14,7 +14,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from actors.segmentation import SegmentationReplica
+from actors.segmentation import SegmentationReplica, replica_options
 from actors.service.api import ServiceApi
 
 APP_NAME = "sanstream"
@@ -57,25 +57,15 @@ class ServiceConfig:
 
 
 def pool_options(config: ServiceConfig, gpus_available: bool) -> dict[str, Any]:
-    """Serve options of the pool: a GPU per replica when the cluster has GPUs, enough requests in flight
-    per replica to fill two batches, and no access log (one line per frame)."""
-    gpus = config.num_gpus_per_replica
-    if gpus is None:
-        gpus = 1 if gpus_available else 0
-    options: dict[str, Any] = {
-        "ray_actor_options": {
-            "num_gpus": gpus,
-            "num_cpus": 0 if gpus else 1,
-            "resources": dict(config.replica_resources),
-        },
-        "max_ongoing_requests": max(2 * config.batch_size, 4),
-        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
-    }
-    if config.autoscaling:
-        options["autoscaling_config"] = dict(config.autoscaling)
-    else:
-        options["num_replicas"] = config.num_replicas
-    return options
+    """Serve options of the service's pool, the same rules as a job's own pool (`replica_options`)."""
+    return replica_options(
+        config.batch_size,
+        config.num_gpus_per_replica,
+        gpus_available,
+        dict(config.replica_resources),
+        config.num_replicas,
+        config.autoscaling,
+    )
 
 
 def service_app(config: ServiceConfig, gpus_available: bool = False) -> Application:

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from actors.segmentation import BATCHES_QUEUED_PER_REPLICA, deployment_options
 from actors.service.app import POOL_NAME, ServiceConfig, build_app, pool_options
+from pipeline.jobs.spec import parse_job_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +55,29 @@ def test_pool_options_follow_gpus_and_autoscaling() -> None:
     base = ServiceConfig(redis_url="redis://x", out="/tmp/out", batch_size=16)
     cpu = pool_options(base, gpus_available=False)
     assert cpu["ray_actor_options"]["num_gpus"] == 0 and cpu["ray_actor_options"]["num_cpus"] == 1
-    assert cpu["num_replicas"] == 1 and cpu["max_ongoing_requests"] == 32
+    assert cpu["num_replicas"] == 1 and cpu["max_ongoing_requests"] == 8 * 16
     gpu = pool_options(ServiceConfig(redis_url="r", out="o", autoscaling={"max_replicas": 3}), True)
     assert gpu["ray_actor_options"]["num_gpus"] == 1 and gpu["ray_actor_options"]["num_cpus"] == 0
     assert gpu["autoscaling_config"] == {"max_replicas": 3} and "num_replicas" not in gpu
+
+
+def test_a_jobs_own_pool_and_the_services_pool_follow_the_same_rules() -> None:
+    job = parse_job_spec(
+        {
+            "model": {"name": "san_tiny_test", "weights": "random"},
+            "output": "/tmp/out",
+            "streams": [{"id": "cam", "source": "/x.mp4", "vocabulary": ["a"]}],
+            "serve": {"batch_size": 16, "num_replicas": 2},
+        }
+    )
+    service = ServiceConfig(redis_url="redis://x", out="/tmp/out", batch_size=16, num_replicas=2)
+    assert deployment_options(job, False) == pool_options(service, False)
+    assert deployment_options(job, True)["ray_actor_options"]["num_gpus"] == 1
+    auto = parse_job_spec({**job.to_dict(), "serve": {"batch_size": 4, "num_replicas": "auto"}})
+    scaled = deployment_options(auto, False)
+    assert (
+        scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
+        and "num_replicas" not in scaled
+    )
+    # Several batches wait at each replica, so it never idles while routers notice free slots.
+    assert scaled["max_ongoing_requests"] == max(BATCHES_QUEUED_PER_REPLICA * 4, 16)
