@@ -14,6 +14,7 @@ import duckdb
 import pytest
 
 from actors.job import run_job
+from actors.pool_errors import PoolStartError
 from actors.stream_config import DecoderSettings
 from pipeline.cli.main import main as cli
 from pipeline.decode import Sampler, decode_frames
@@ -160,3 +161,39 @@ def test_full_output_disk_fails_clearly_before_starting(small_disk: Path, long_v
     with pytest.raises(OutputDirError, match=r"only .* free"):
         run_job(spec, show_progress=False)
     assert not (small_disk / "out" / "class_areas").exists()
+
+
+def test_a_pool_that_cannot_start_fails_the_job_with_the_replicas_own_error(
+    local_ray: None, long_video: Path, tmp_path: Path
+) -> None:
+    """Weights that exist (so the checks before start-up pass) but do not load: the replicas fail, and the
+    job, its streams and the errors table say why in the replicas' words, not Serve's "Deploying
+    application ... failed"."""
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}" + bytes(64))
+    out = tmp_path / "out"
+    spec = parse_job_spec(
+        {
+            "job_id": "no-pool",
+            "model": {"name": "san_tiny_test", "weights": str(garbage)},
+            "output": str(out),
+            "streams": [{"id": "cam", "source": str(long_video), "vocabulary": ["road"]}],
+        }
+    )
+    with pytest.raises(PoolStartError) as failed:
+        run_job(spec, show_progress=False)
+    message = str(failed.value)
+    assert message.startswith("the model pool did not start: ") and "Deploying application" not in message
+    assert "garbage.safetensors" in message, message
+    server = EmbeddedRedis(out).start()
+    try:
+        store = JobStore.from_url(server.url)
+        assert store.status("no-pool") == "failed" and store.stream_status("no-pool", "cam") == "failed"
+        assert any(e["message"] == message for e in store.errors("no-pool", "cam"))
+    finally:
+        server.stop()
+    exported = duckdb.sql(
+        f"SELECT message FROM read_parquet('{out}/errors/**/*.parquet', union_by_name=true) "
+        "WHERE stream_id = 'cam'"
+    ).fetchall()
+    assert (message,) in exported, exported
