@@ -111,12 +111,13 @@ class ServiceApi:
         default_out: str,
         model: dict[str, str],
         token: str | None = None,
+        fleet: dict[str, int] | None = None,
     ) -> None:
         self.store = JobStore.from_url(redis_url)
         self.default_out = default_out
         self.model = model
         self.token = token
-        self.manager = get_or_create_manager(redis_url, pool)
+        self.manager = get_or_create_manager(redis_url, pool, fleet=fleet)
 
     def _authorise(self, request: Request) -> None:
         if not self.token:

@@ -16,6 +16,7 @@ from ray.serve import Application
 
 from actors.segmentation import SegmentationReplica, replica_options
 from actors.service.api import ServiceApi
+from pipeline.jobs.decoding import AUTO_STREAMS_PER_DECODER
 
 APP_NAME = "sanstream"
 POOL_NAME = "SegmentationReplica"
@@ -30,6 +31,8 @@ class ServiceConfig:
         out: output folder of jobs that do not name one.
         token: bearer token every request must carry (None: no check, for loopback only).
         autoscaling: Ray Serve autoscaling config for the pool; None keeps `num_replicas`.
+        decoders: decoder processes kept warm for every job from the start (`actors.fleet`).
+        streams_per_decoder: most streams a warm decoder carries before another one is started.
     """
 
     redis_url: str
@@ -45,6 +48,14 @@ class ServiceConfig:
     num_gpus_per_replica: float | None = None
     token: str | None = None
     replica_resources: dict[str, float] = field(default_factory=dict)
+    decoders: int = 1
+    streams_per_decoder: int = AUTO_STREAMS_PER_DECODER
+
+    def __post_init__(self) -> None:
+        for name in ("decoders", "streams_per_decoder", "num_replicas", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"service setting {name} must be a whole number >= 1, got {value!r}")
 
     @property
     def model_spec(self) -> dict[str, str]:
@@ -82,7 +93,8 @@ def service_app(config: ServiceConfig, gpus_available: bool = False) -> Applicat
         config.batch_wait_timeout_s,
         config.redis_url,  # replicas record their batch figures for /metrics
     )
-    return ServiceApi.bind(bound_pool, config.redis_url, config.out, model, config.token)
+    fleet = {"decoders": config.decoders, "streams_per_decoder": config.streams_per_decoder}
+    return ServiceApi.bind(bound_pool, config.redis_url, config.out, model, config.token, fleet)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -50,16 +50,23 @@ class JobManager:
         redis_url: the service's job store.
         pool: handle of the service's SAN pool, shared by every job.
         settings: the stream loop's knobs for every job.
+        fleet: `WarmFleet` arguments (`decoders`, `streams_per_decoder`), from the service's config.
     """
 
-    def __init__(self, redis_url: str, pool: Any, settings: DecoderSettings | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        pool: Any,
+        settings: DecoderSettings | None = None,
+        fleet: dict[str, int] | None = None,
+    ) -> None:
         self.redis_url = redis_url
         self.store = JobStore.from_url(redis_url)
         self.pool = pool
         self.settings = settings or DecoderSettings()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self.fleet = WarmFleet(redis_url, pool)
+        self.fleet = WarmFleet(redis_url, pool, **(fleet or {}))
         self.recovered = self._recover()
 
     def submit(self, spec_data: dict[str, Any]) -> str:
@@ -166,9 +173,11 @@ class JobManager:
         return self.running()
 
 
-def get_or_create_manager(redis_url: str, pool: Any, settings: DecoderSettings | None = None) -> Any:
+def get_or_create_manager(
+    redis_url: str, pool: Any, settings: DecoderSettings | None = None, fleet: dict[str, int] | None = None
+) -> Any:
     """The service's manager, created on first use; detached so it outlives the API replica that made it
     (it goes when the cluster or `sanstream serve`'s local Ray goes)."""
     return JobManager.options(name=MANAGER_NAME, get_if_exists=True, lifetime="detached").remote(
-        redis_url, pool, settings
+        redis_url, pool, settings, fleet
     )

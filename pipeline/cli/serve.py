@@ -52,6 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--replicas", type=int, default=1, help="SAN replicas in the pool (default: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward (default: 8)")
     parser.add_argument(
+        "--decoders", type=int, default=1, help="decoder processes kept warm for every job (default: 1)"
+    )
+    parser.add_argument(
+        "--streams-per-decoder",
+        type=int,
+        default=32,
+        help="streams a warm decoder carries before another starts (default: 32)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=DEFAULT_OUT,
@@ -79,8 +88,8 @@ def check_args(args: argparse.Namespace) -> str | None:
     without $SANSTREAM_TOKEN)."""
     if not 0 < args.port < 65536:
         raise ServeError(f"--port must be 1-65535, got {args.port}")
-    if args.replicas < 1 or args.batch_size < 1:
-        raise ServeError("--replicas and --batch-size must be at least 1")
+    if args.replicas < 1 or args.batch_size < 1 or args.decoders < 1 or args.streams_per_decoder < 1:
+        raise ServeError("--replicas, --batch-size, --decoders and --streams-per-decoder must be at least 1")
     if not DEVICES_RE.fullmatch(args.device):
         raise ServeError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     from pipeline.jobs.spec import ModelSpec  # the model stack: only when serving
@@ -153,6 +162,8 @@ def serve_until(args: argparse.Namespace, token: str | None, stop: threading.Eve
                 num_replicas=args.replicas,
                 batch_size=args.batch_size,
                 token=token,
+                decoders=args.decoders,
+                streams_per_decoder=args.streams_per_decoder,
             )
             gpus = ray.cluster_resources().get("GPU", 0) > 0
             serve.run(service_app(config, gpus), name=APP_NAME, route_prefix="/")

@@ -41,6 +41,11 @@ def test_serve_deploy_accepts_the_config_and_its_builder_makes_the_service(name:
     assert (batch_size, wait) == (app.args["batch_size"], app.args["batch_wait_timeout_s"])
     assert pool.ray_actor_options["num_gpus"] == app.args["num_gpus_per_replica"]
     assert ingress.init_args[2] == app.args["out"] and ingress.init_args[4] == "t"
+    defaults = ServiceConfig(redis_url="r", out="o")
+    assert ingress.init_args[5] == {
+        "decoders": app.args.get("decoders", defaults.decoders),
+        "streams_per_decoder": app.args.get("streams_per_decoder", defaults.streams_per_decoder),
+    }
 
 
 def test_the_builder_names_what_is_missing_or_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,3 +86,12 @@ def test_a_jobs_own_pool_and_the_services_pool_follow_the_same_rules() -> None:
     )
     # Several batches wait at each replica, so it never idles while routers notice free slots.
     assert scaled["max_ongoing_requests"] == max(BATCHES_QUEUED_PER_REPLICA * 4, 16)
+
+
+def test_the_warm_decoders_are_a_service_setting_checked_up_front() -> None:
+    config = ServiceConfig(redis_url="redis://x", out="/tmp/out", decoders=3, streams_per_decoder=8)
+    ingress = build_app({"redis_url": "redis://x", "decoders": 3, "streams_per_decoder": 8})._bound_deployment
+    assert ingress.init_args[5] == {"decoders": config.decoders, "streams_per_decoder": 8}
+    for bad in ({"decoders": 0}, {"streams_per_decoder": -1}, {"decoders": "two"}):
+        with pytest.raises(ValueError, match=f"service setting {next(iter(bad))} must be a whole number"):
+            build_app({"redis_url": "redis://x", **bad})

@@ -199,6 +199,10 @@ def cases(s: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[str]]]:
             {"argv": ["serve", *TINY, "--device", device, "--out", out]},
             ["--device", no_cuda],
         ),
+        "serve: no warm decoder": (
+            {"argv": ["serve", *TINY, "--decoders", "0", "--out", out]},
+            ["--decoders", "must be at least 1"],
+        ),
         "serve: no cluster": (
             {"argv": ["serve", *TINY, "--address", f"127.0.0.1:{port}", "--out", out]},
             [refused],
