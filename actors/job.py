@@ -38,6 +38,7 @@ from actors.reaper import Reaper
 from actors.segmentation import app_name, deploy, undeploy
 from actors.signals import DriverSignals, JobInterrupted
 from actors.stream_config import DecoderSettings, JobContext, StreamOutcome
+from pipeline.cluster_address import cluster_target
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
@@ -86,7 +87,7 @@ def ray_session(
     if ray.is_initialized():
         yield
         return
-    target = address or os.environ.get("RAY_ADDRESS") or None
+    target = cluster_target(address)
     # "local" starts a private Ray even when `ray start` left a cluster on this machine: without an address
     # a job runs on its own Ray, as documented, and only --address/RAY_ADDRESS join a cluster.
     try:
@@ -193,7 +194,7 @@ def run_job(
             pool,
             fleet,
         )
-        local_ray = not (address or os.environ.get("RAY_ADDRESS"))
+        local_ray = cluster_target(address) is None
 
         def ray_started() -> None:
             signals.install()

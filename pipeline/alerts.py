@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.jobs.checks import Checker, describe, join_path, show
+from pipeline.jobs.checks import Checker, join_path, show
 from pipeline.regions import RegionAreas
 
 MAX_ALERTS = 100
@@ -179,26 +179,12 @@ def parse_alerts(
     `region_names` are the stream's regions (`parse_regions`); `class_names`, when given, the stream's
     class names (a rule's class is matched case-insensitively and stored as the vocabulary spells it).
     """
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        c.error(path, f"must be a list of alert rules, got {describe(value)}")
-        return ()
-    if len(value) > MAX_ALERTS:
-        c.error(path, f"has {len(value)} alert rules; at most {MAX_ALERTS} are allowed")
-        return ()
+    items = c.bounded_list(value, path, "alert rules", MAX_ALERTS) or []
     rules: list[AlertRule] = []
-    first_use: dict[str, int] = {}
-    for i, item in enumerate(value):
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
         name, rule = _parse_rule(c, item, f"{path}[{i}]", region_names, class_names)
-        if name is None:
-            continue
-        key = name.casefold()
-        if key in first_use:
-            c.error(f"{path}[{i}].name", f"{name!r} duplicates {path}[{first_use[key]}].name")
-            continue
-        first_use[key] = i
-        if rule is not None:
+        if name is not None and c.distinct_name(seen, name, path, i) and rule is not None:
             rules.append(rule)
     return tuple(rules)
 

@@ -49,11 +49,17 @@ def head_endpoint(address: str) -> tuple[str, int] | None:
     return parts.hostname, port or default
 
 
+def cluster_target(address: str | None) -> str | None:
+    """The Ray cluster a command joins: `address`, else $RAY_ADDRESS (as `ray job submit` sets it); None
+    means a Ray of its own on this machine."""
+    return address or os.environ.get(RAY_ADDRESS_ENV) or None
+
+
 def check_cluster_address(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise `ClusterAddressError` when `address` (else $RAY_ADDRESS) names a host:port where no Ray head
     answers; no address means a local Ray, nothing to check."""
     from_env = not address
-    given = address or os.environ.get(RAY_ADDRESS_ENV) or ""
+    given = cluster_target(address) or ""
     endpoint = head_endpoint(given)
     if endpoint is None:
         return

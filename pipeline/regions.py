@@ -94,26 +94,13 @@ def parse_regions(c: Checker, value: Any, path: str = "regions") -> tuple[Region
     with a usable name is returned (a broken polygon as an empty one), so that duplicate names and the
     regions alerts refer to are checked in the same pass as the polygons.
     """
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        c.error(path, f"must be a list of regions, got {describe(value)}")
-        return ()
-    if len(value) > MAX_REGIONS:
-        c.error(path, f"has {len(value)} regions; at most {MAX_REGIONS} are allowed")
-        return ()
+    items = c.bounded_list(value, path, "regions", MAX_REGIONS) or []
     regions: list[RegionSpec] = []
-    first_use: dict[str, int] = {}
-    for i, item in enumerate(value):
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
         region = _parse_region(c, item, f"{path}[{i}]")
-        if region is None:
-            continue
-        key = region.name.casefold()  # "Lane" and "lane" would be one name to anyone reading the tables
-        if key in first_use:
-            c.error(f"{path}[{i}].name", f"{region.name!r} duplicates {path}[{first_use[key]}].name")
-            continue
-        first_use[key] = i
-        regions.append(region)
+        if region is not None and c.distinct_name(seen, region.name, path, i):
+            regions.append(region)
     return tuple(regions)
 
 

@@ -38,6 +38,30 @@ class Checker:
                 self.error(join_path(path, name), f"unknown key {show(key)}; {tip}")
         return dict(value)
 
+    def bounded_list(self, value: Any, path: str, what: str, limit: int) -> list[Any] | None:
+        """`value` as a list of at most `limit` entries (None or absent: empty); None after recording why
+        it is not one. `what` names the entries in the messages ("regions", "alert rules")."""
+        if value is None:
+            return []
+        if not isinstance(value, list | tuple):
+            self.error(path, f"must be a list of {what}, got {describe(value)}")
+            return None
+        if len(value) > limit:
+            self.error(path, f"has {len(value)} {what}; at most {limit} are allowed")
+            return None
+        return list(value)
+
+    def distinct_name(self, seen: dict[str, int], name: str, path: str, index: int) -> bool:
+        """Whether entry `index` of the list at `path` has a name no earlier entry has (compared without
+        case: "Lane" and "lane" would be one name to anyone reading the tables); `seen` maps the names so
+        far to their entries and is updated. A duplicate is recorded naming the first entry."""
+        key = name.casefold()
+        if key in seen:
+            self.error(f"{path}[{index}].name", f"{name!r} duplicates {path}[{seen[key]}].name")
+            return False
+        seen[key] = index
+        return True
+
     def string(self, value: Any, path: str) -> str | None:
         if not isinstance(value, str) or not value.strip():
             self.error(
