@@ -66,6 +66,8 @@ from pipeline.frames import Frame, FrameAreas
 from pipeline.jobs import stream_changes, stream_metrics
 from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
+from pipeline.regions import RegionSpec, check_regions
+from pipeline.storage.stream_sink import SinkOptions
 
 log = logging.getLogger(__name__)
 # Failures of the machinery rather than of the stream: a crashed writer or replica (restarted by Ray or
@@ -118,6 +120,7 @@ class StreamRunner:
         self._first_uncommitted: CommittedFrame | None = None
         self._loss: str | None = None
         self._gaps: list[Gap] = []
+        self._region_size: tuple[int, int] | None = None  # the frame size the regions were checked for
 
     async def run(self) -> StreamOutcome:
         job, sid = self.job_id, self.stream.id
@@ -266,7 +269,14 @@ class StreamRunner:
         job, sid = self.job_id, self.stream.id
         begun: WriterStart = await self._call(
             self.writer.begin.remote(
-                job, sid, list(self.stream.vocabulary), self.job.output, self.job.commit_interval_s
+                job,
+                sid,
+                list(self.stream.vocabulary),
+                self.job.output,
+                self.job.commit_interval_s,
+                SinkOptions(
+                    tuple(region.name for region in self.stream.regions), self.stream.alerts, self.job.webhook
+                ),
             )
         )
         epoch = begun.epoch
@@ -325,9 +335,16 @@ class StreamRunner:
                     except queue.Empty:
                         pass
                     else:
+                        self._check_regions(frame)
                         self._sent(frame)
                         response = self.pool.segment.remote(
-                            _request(frame, self.vocabulary, self.vocabulary_version, self.return_labels)
+                            _request(
+                                frame,
+                                self.vocabulary,
+                                self.vocabulary_version,
+                                self.return_labels,
+                                self.stream.regions,
+                            )
                         )
                         in_flight.add(frame, response, self._call(response))
                     getter = None
@@ -344,7 +361,9 @@ class StreamRunner:
             await asyncio.to_thread(producer.join, 5)  # it is ending: the queue was closed
             await self._write_gaps(gaps, epoch)
             await self._hand_over(answered, wall_times, epoch, True, clock)
-            await self._call(self.writer.close.remote(self.job_id, self.stream.id, epoch))
+            # Over for good unless interrupted (a resume continues it) or failed (a retry may).
+            ended = not failure and outcome.status in ("completed", "cancelled")
+            await self._call(self.writer.close.remote(self.job_id, self.stream.id, epoch, ended))
         finally:
             stop.set()
             frames.cancel()
@@ -385,6 +404,15 @@ class StreamRunner:
             self.writer.add_vocabulary.remote(self.job_id, self.stream.id, version, list(vocabulary), epoch)
         )
         self.vocabulary, self.vocabulary_version = vocabulary, version
+
+    def _check_regions(self, frame: Frame) -> None:
+        """Check the stream's regions against each new frame size before a frame of it reaches the pool:
+        a region outside the frame (pixel units) or covering no pixel fails this stream alone, with a
+        message naming the region, instead of a replica batch shared with other streams."""
+        size = frame.image.shape[1], frame.image.shape[0]
+        if self.stream.regions and size != self._region_size:
+            check_regions(self.stream.regions, *size)
+            self._region_size = size
 
     def _sent(self, frame: Frame) -> None:
         if self._first_uncommitted is None:
@@ -457,7 +485,13 @@ def _quiet(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
     return task
 
 
-def _request(frame: Frame, vocabulary: tuple[str, ...], version: int, return_labels: bool) -> SegmentRequest:
+def _request(
+    frame: Frame,
+    vocabulary: tuple[str, ...],
+    version: int,
+    return_labels: bool,
+    regions: tuple[RegionSpec, ...],
+) -> SegmentRequest:
     return SegmentRequest(
         stream_id=frame.stream_id,
         frame_index=frame.frame_index,
@@ -467,4 +501,5 @@ def _request(frame: Frame, vocabulary: tuple[str, ...], version: int, return_lab
         image=ray.put(frame.image),
         return_labels=return_labels,
         vocabulary_version=version,
+        regions=regions,
     )

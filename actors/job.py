@@ -308,7 +308,12 @@ class _Run:
             settings = dataclasses.replace(self.settings, flush_interval_s=self.spec.flush_interval_s)
             to_run = [stream for stream in self.spec.streams if stream.id not in finished]
             job = JobContext(
-                job_id, str(self.spec.output), settings, self.commit_interval_s, self.spec.store_labels
+                job_id,
+                str(self.spec.output),
+                settings,
+                self.commit_interval_s,
+                self.spec.store_labels,
+                self.spec.webhook,
             )
             carriers = place_streams(self.spec, job, to_run, self.redis_url, pool, self.placement, self.fleet)
             known = [s.id for s in self.spec.streams]

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.frames import FrameAreas
+from pipeline.regions import RegionSpec
 
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array."""
+    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array; `regions` are the
+    stream's regions, whose class areas the replica counts too (it caches their masks per frame size)."""
 
     stream_id: str
     frame_index: int
@@ -24,6 +26,7 @@ class SegmentRequest:
     image: Any
     return_labels: bool = False
     vocabulary_version: int = 1
+    regions: tuple[RegionSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ streams, each with its own vocabulary, into one forward pass.
 Frames arrive as object references inside a small request (Serve refuses top-level ObjectRefs, and nested
 ones are not resolved for us), so the pixels go from the decoder's object store to the replica without
 being re-serialised through the router. A replica answers with per-class pixel counts computed on its
-device at the frame's own resolution; label maps only when the job asks for them.
+device at the frame's own resolution, per class for the whole frame and for each of the stream's regions
+(their masks rasterised once per stream and frame size, and cached here); label maps only when the job asks
+for them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from actors.messages import SegmentReply, SegmentRequest
 from actors.service.metrics import ReplicaRecorder, oldest_wait_seconds
 from pipeline.frames import FrameAreas
 from pipeline.jobs.spec import JobSpec
+from pipeline.regions import RegionMasks
 from pipeline.san import Segmenter, available_models, load_checkpoint
 
 # The job spec spells dtypes out (float32, ...); the CLI uses the short forms. Both are accepted here.
@@ -41,6 +44,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[dtype]
+
+
+#: Streams x frame sizes whose region masks a replica keeps (a mask is one byte per pixel per region).
+REGION_MASKS_CACHED = 64
 
 
 class SegmentationReplica:
@@ -70,6 +77,8 @@ class SegmentationReplica:
         self.name = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()
         self._batches = itertools.count()
+        # Region masks of the streams this replica serves, per frame size (see `pipeline.regions`).
+        self._region_masks = RegionMasks(max_entries=REGION_MASKS_CACHED)
         # Batch figures for `/metrics` (Redis, when the job store is given) and Ray's metrics.
         self._recorder = ReplicaRecorder(self.name, redis_url)
 
@@ -79,9 +88,17 @@ class SegmentationReplica:
         self._recorder.batch(len(requests), oldest_wait_seconds(r.wall_time for r in requests))
         images: list[np.ndarray] = await asyncio.gather(*(request.image for request in requests))
         want_labels = any(request.return_labels for request in requests)
+        regions = [
+            self._region_masks.stacked(r.regions, image.shape[1], image.shape[0]) if r.regions else None
+            for r, image in zip(requests, images, strict=True)
+        ]
         # The forward pass runs in a worker thread so the event loop keeps queueing the next batch.
         results = await asyncio.to_thread(
-            self.segmenter.segment, images, [r.vocabulary for r in requests], return_labels=want_labels
+            self.segmenter.segment,
+            images,
+            [r.vocabulary for r in requests],
+            return_labels=want_labels,
+            regions=regions if any(m is not None for m in regions) else None,
         )
         done = time.time()
         number = next(self._batches)
@@ -101,6 +118,8 @@ class SegmentationReplica:
                 latency_seconds=done - request.wall_time,
                 labels=labels,
                 vocabulary_version=request.vocabulary_version,
+                region_names=tuple(region.name for region in request.regions),
+                region_pixels=result.region_areas,
             )
             replies.append(SegmentReply(areas, self.name, self.node_id, number, len(requests), streams))
         return replies

@@ -8,6 +8,7 @@ import collections
 from dataclasses import dataclass, field
 
 from pipeline.jobs.spec import DEFAULT_FLUSH_INTERVAL_S
+from pipeline.webhook import WebhookSpec
 
 BATCH_LOG = 256  # replica batches remembered per stream, for diagnostics and tests (bounded memory)
 
@@ -53,6 +54,7 @@ class JobContext:
         output: the job's output folder (its writer's parts go there).
         commit_interval_s: how often a writer commits each stream's parts (see `StreamSink`).
         return_labels: replicas also send label maps (the spec's `store_labels`).
+        webhook: where the streams' alert records are also POSTed (the spec's `webhook`).
     """
 
     job_id: str
@@ -60,6 +62,7 @@ class JobContext:
     settings: DecoderSettings = field(default_factory=DecoderSettings)
     commit_interval_s: float = 10.0
     return_labels: bool = False
+    webhook: WebhookSpec | None = None
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pipeline.jobs.state import JobStore
 from pipeline.storage.stream_sink import (
     DEFAULT_COMMIT_INTERVAL_S,
     FRAME_TABLES,
+    SinkOptions,
     StreamSink,
     WriterRestarted,
     WriterStart,
@@ -81,15 +82,24 @@ class WriterHost:
         vocabulary: list[str],
         out_dir: str,
         commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
+        options: SinkOptions | None = None,
     ) -> WriterStart:
         """Start a new attempt at the stream (opening its sink on first use): a newer epoch fences every
-        earlier attempt off; the answer says where the attempt resumes."""
+        earlier attempt off; the answer says where the attempt resumes. `options`: the stream's regions,
+        alerts and webhook."""
         key = (job_id, stream_id)
         with self._lock(key):
             sink = self._sinks.get(key)
             if sink is None:
                 sink = StreamSink(
-                    out_dir, job_id, stream_id, vocabulary, self.store, commit_interval_s, self.max_rows
+                    out_dir,
+                    job_id,
+                    stream_id,
+                    vocabulary,
+                    self.store,
+                    commit_interval_s,
+                    self.max_rows,
+                    options,
                 )
                 self._sinks[key] = sink
             return sink.begin()
@@ -117,11 +127,12 @@ class WriterHost:
     def flush(self, job_id: str, stream_id: str) -> int:
         return self._with_sink(job_id, stream_id, lambda sink: sink.flush())
 
-    def close(self, job_id: str, stream_id: str, epoch: int) -> int:
-        """Commit what the stream holds and forget its sink (a stream ends once; a retry begins again)."""
+    def close(self, job_id: str, stream_id: str, epoch: int, ended: bool = False) -> int:
+        """Commit what the stream holds and forget its sink (a stream ends once; a retry begins again).
+        `ended`: the stream is over for good, not interrupted (see `StreamSink.close`)."""
 
         def close_and_forget(sink: StreamSink) -> int:
-            committed = sink.close(epoch)
+            committed = sink.close(epoch, ended)
             self._forget((job_id, stream_id))
             return committed
 
@@ -129,8 +140,10 @@ class WriterHost:
 
     def _forget(self, key: SinkKey) -> None:
         with self._registry:
-            self._sinks.pop(key, None)
+            sink = self._sinks.pop(key, None)
             self._locks.pop(key, None)
+        if sink is not None:
+            sink.stop_webhook()  # what it still held is committed and re-sent by the stream's next attempt
 
     def forget_job(self, job_id: str) -> list[str]:
         """Drop the sinks a job left open (streams that failed or were stopped without closing): a warm

@@ -36,7 +36,7 @@ from pipeline.regions import RegionAreas
 MAX_ALERTS = 100
 _KEYS = ("name", "region", "class", "above", "below", "for_s", "clear")
 
-Status = Literal["open", "closed"]
+Status = Literal["open", "closed", "ended"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,10 @@ class AlertEvent:
     Attributes:
         event_id: f"{rule}:{start_pts!r}", the same in both records and in every run.
         rule, region, class_name: copied from the rule (region None: the whole frame).
-        status: "open" (end_pts and end_wall None) or "closed".
+        status: "open" (end_pts and end_wall None), "closed" (the value cleared) or "ended" (the stream
+            ended with the event open; the end is its last frame).
         start_pts, start_wall: the frame where the condition began.
-        end_pts, end_wall: the frame whose value closed the event; None while open.
+        end_pts, end_wall: the frame whose value closed the event (or the stream's last); None while open.
         peak: the most extreme value from the start to this record (max for above, min for below).
         at_pts, at_wall: the frame this record was made at: the opening or closing frame, or the stream's
             last frame for a record made by `finish`.
@@ -344,13 +345,18 @@ def _step_open(
 
 
 def finish(rule: AlertRule, state: AlertState, last_pts: float, wall_time: float) -> list[AlertEvent]:
-    """At the end of a stream: a record of the event still open (status "open", no end), if any.
-
-    The state is left as it is, so a stream resumed later goes on with the same event.
+    """At the end of a stream (its source ended, or it was removed or cancelled; not an interruption
+    that a resume continues): a record of the event still open, if any, with status "ended" and the
+    stream's last frame as its end. The state is settled (nothing open or pending), so a stream closed
+    again after a crash before this record was committed emits it once more, and otherwise never.
     """
     if not state.is_open:
+        state._reset()
         return []
-    return [_record(rule, state, "open", float(last_pts), float(wall_time))]
+    end = (float(last_pts), float(wall_time))
+    record = _record(rule, state, "ended", end[0], end[1], end=end)
+    state._reset()
+    return [record]
 
 
 def _extreme(rule: AlertRule, peak: float | None, value: float) -> float:

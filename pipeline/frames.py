@@ -42,6 +42,9 @@ class FrameAreas:
         latency_seconds: time from the frame leaving the decoder to its areas being ready.
         labels: optional H x W class-index map (uint8 when C <= 255, else uint16), only when a job asks.
         vocabulary_version: which of the stream's vocabularies `pixels` is indexed by (1: the job spec's).
+        region_names: the stream's regions, in the job spec's order (empty: the stream has none).
+        region_pixels: int64 [R, C]: row r counts the pixels of each class inside region r; a row sums to
+            the region's size in pixels at this frame's resolution. None when the stream has no regions.
     """
 
     stream_id: str
@@ -53,3 +56,5 @@ class FrameAreas:
     latency_seconds: float
     labels: np.ndarray | None = None
     vocabulary_version: int = 1
+    region_names: tuple[str, ...] = ()
+    region_pixels: np.ndarray | None = None

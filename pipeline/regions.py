@@ -267,26 +267,39 @@ class RegionMasks:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[tuple[RegionSpec, ...], int, int], dict[str, np.ndarray]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[tuple[tuple[RegionSpec, ...], int, int], np.ndarray] = OrderedDict()
 
-    def get(self, regions: Sequence[RegionSpec], width: int, height: int) -> dict[str, np.ndarray]:
-        """{region name: bool [height, width] mask}. Raises `RegionError` when a region is outside the
-        frame or covers no pixel centre of it (its areas and alerts would mean nothing)."""
+    def stacked(self, regions: Sequence[RegionSpec], width: int, height: int) -> np.ndarray:
+        """bool [R, height, width]: mask r is `regions[r]`'s. Raises `RegionError` when a region is outside
+        the frame or covers no pixel centre of it (its areas and alerts would mean nothing)."""
         key = (tuple(regions), width, height)
         masks = self._entries.get(key)
         if masks is not None:
             self._entries.move_to_end(key)
             return masks
-        masks = {region.name: _checked_mask(region, width, height) for region in key[0]}
+        masks = np.stack([_checked_mask(region, width, height) for region in key[0]]) if key[0] else None
+        if masks is None:
+            masks = np.zeros((0, height, width), dtype=bool)
+        masks.setflags(write=False)
         self._entries[key] = masks
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return masks
 
+    def get(self, regions: Sequence[RegionSpec], width: int, height: int) -> dict[str, np.ndarray]:
+        """{region name: bool [height, width] mask}; see `stacked`."""
+        masks = self.stacked(regions, width, height)
+        return {region.name: masks[i] for i, region in enumerate(regions)}
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def check_regions(regions: Sequence[RegionSpec], width: int, height: int) -> None:
+    """Raise `RegionError` unless every region fits a width x height frame and covers a pixel centre of it:
+    what a decoder checks whenever a stream's frame size changes, before any frame goes to a replica."""
+    for region in regions:
+        _checked_mask(region, width, height)
 
 
 def _checked_mask(region: RegionSpec, width: int, height: int) -> np.ndarray:
@@ -296,7 +309,6 @@ def _checked_mask(region: RegionSpec, width: int, height: int) -> np.ndarray:
         raise RegionError(
             f"region {region.name!r} contains no pixel centre of the {width}x{height} frame; enlarge it"
         )
-    mask.setflags(write=False)
     return mask
 
 

@@ -1,4 +1,5 @@
-"""`sanstream plot`: each class's share of the frame over time for one stream, as a PNG line chart.
+"""`sanstream plot`: each class's share of the frame (or of one region, `--region`) over time for one
+stream, as a PNG line chart.
 
 A picture answers "when was the road busy" faster than a table, and it is drawn from the same Parquet
 output as `sanstream query`, so it works on a finished job and on one still writing.
@@ -7,6 +8,8 @@ output as `sanstream query`, so it works on a finished job and on one still writ
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,16 @@ WHERE stream_id = ?
 ORDER BY pts_seconds, frame_index, class_id
 """
 
+_REGION_ROWS_SQL = """
+SELECT job_id, frame_index, pts_seconds, class_id, class_name, fraction
+FROM region_areas
+WHERE stream_id = ? AND region = ?
+ORDER BY pts_seconds, frame_index, class_id
+"""
+
+_REGIONS_SQL = "SELECT DISTINCT region FROM region_areas WHERE stream_id = ? ORDER BY 1"
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plot", help="chart each class's area fraction over time for one stream")
@@ -43,7 +56,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         default=None,
-        help="image file to write (default: OUT/plots/<job>/<stream>.png)",
+        help="image file to write (default: OUT/plots/<job>/<stream>.png, with --region "
+        "OUT/plots/<job>/<stream>/region-<region>.png)",
+    )
+    parser.add_argument(
+        "--region",
+        default=None,
+        help="plot each class's share of this region of the stream (from region_areas) instead of the frame's",
     )
     parser.set_defaults(handler=run)
 
@@ -64,32 +83,84 @@ def _latest_job(out: Path, stream: str) -> tuple[str, list[str]]:
     return (jobs[0] if jobs else ""), jobs
 
 
+def _pick_job(out: Path, stream: str, job: str | None) -> tuple[str, str | None]:
+    """`job`, or the latest job that wrote `stream` ("" when none did) with a note when others did too."""
+    if job is not None:
+        return job, None
+    job, jobs = _latest_job(out, stream)
+    note = None
+    if len(jobs) > 1:
+        note = (
+            f"stream {stream!r} was written by {len(jobs)} jobs; plotting the latest, {job} "
+            f"(others: {', '.join(j for j in jobs if j != job)}; choose with --job)"
+        )
+    return job, note
+
+
 def _stream_rows(out: Path, stream: str, job: str | None) -> tuple[pa.Table, str | None]:
     """The stream's class-area rows of `job` (default: the latest job that has the stream), with errors
     that list what IS there when nothing matches, and a note when other jobs wrote the stream too."""
-    note = None
-    if job is None:
-        job, jobs = _latest_job(out, stream)
-        if len(jobs) > 1:
-            note = (
-                f"stream {stream!r} was written by {len(jobs)} jobs; plotting the latest, {job} "
-                f"(others: {', '.join(j for j in jobs if j != job)}; choose with --job)"
-            )
+    job, note = _pick_job(out, stream, job)
     rows = run_sql(out, _ROWS_SQL, [stream], job_id=job) if job else pa.table({})
     if rows.num_rows == 0:
-        streams = run_sql(out, "SELECT DISTINCT stream_id FROM class_areas ORDER BY 1")["stream_id"]
-        present = [str(s) for s in streams.to_pylist()]
-        if stream not in present:
-            listing = ", ".join(present) if present else "none yet"
-            raise CommandError(f"no stream {stream!r} in {out}; streams present: {listing}")
-        jobs = run_sql(
-            out, "SELECT DISTINCT job_id FROM class_areas WHERE stream_id = ? ORDER BY 1", [stream]
-        )
-        raise CommandError(
-            f"job {job!r} wrote no rows for stream {stream!r}; jobs that did: "
-            + ", ".join(jobs["job_id"].to_pylist())
-        )
+        _missing_stream(out, stream, job)
     return rows, note
+
+
+def _missing_stream(out: Path, stream: str, job: str) -> None:
+    """Raise the error for a stream `job` wrote no class areas of: no such stream, or other jobs wrote it."""
+    streams = run_sql(out, "SELECT DISTINCT stream_id FROM class_areas ORDER BY 1")["stream_id"]
+    present = [str(s) for s in streams.to_pylist()]
+    if stream not in present:
+        listing = ", ".join(present) if present else "none yet"
+        raise CommandError(f"no stream {stream!r} in {out}; streams present: {listing}")
+    jobs = run_sql(out, "SELECT DISTINCT job_id FROM class_areas WHERE stream_id = ? ORDER BY 1", [stream])
+    raise CommandError(
+        f"job {job!r} wrote no rows for stream {stream!r}; jobs that did: "
+        + ", ".join(jobs["job_id"].to_pylist())
+    )
+
+
+def _region_rows(out: Path, stream: str, job: str | None, region: str) -> tuple[pa.Table, str, str | None]:
+    """The region-area rows of one region of the stream in `job` (default: the latest job that has the
+    stream), the region's name as stored, and the note of `_pick_job`.
+
+    The name matches exactly, or else case-insensitively (region names are unique that way within a
+    stream). An unknown name is an error listing the stream's regions; a stream without any says so.
+    """
+    job, note = _pick_job(out, stream, job)
+    regions = (
+        [r for r in run_sql(out, _REGIONS_SQL, [stream], job_id=job)["region"].to_pylist() if r is not None]
+        if job
+        else []
+    )
+    if region not in regions:
+        folded = [r for r in regions if r.casefold() == region.casefold()]
+        if len(folded) == 1:
+            region = folded[0]
+    if region in regions:
+        return run_sql(out, _REGION_ROWS_SQL, [stream, region], job_id=job), region, note
+    if not regions:
+        has_areas = "SELECT 1 FROM class_areas WHERE stream_id = ? LIMIT 1"
+        if not job or run_sql(out, has_areas, [stream], job_id=job).num_rows == 0:
+            _missing_stream(out, stream, job)  # an unknown stream or job: the same error as without --region
+        raise CommandError(
+            f"stream {stream!r} of job {job} has no regions (no region_areas rows); "
+            "plot the whole frame without --region"
+        )
+    raise CommandError(
+        f"no region {region!r} in stream {stream!r} of job {job}; its regions: {', '.join(regions)}"
+    )
+
+
+def region_file_name(region: str) -> str:
+    """`region-<name>.png`; a name that is not a safe file name is spelled safely, with a short hash of
+    the real name so two such names never share a file."""
+    if _SAFE_NAME_RE.fullmatch(region) and not region.startswith("."):
+        return f"region-{region}.png"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", region).strip("._") or "region"
+    digest = hashlib.sha256(region.encode()).hexdigest()[:8]
+    return f"region-{safe[:60]}-{digest}.png"
 
 
 def _series(rows: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -112,8 +183,15 @@ def _series(rows: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray]:
     return pts[order], names, fractions[order]
 
 
-def render(path: Path, pts: np.ndarray, names: list[str], fractions: np.ndarray, title: str) -> None:
-    fig = figure(pts, names, fractions, title)
+def render(
+    path: Path,
+    pts: np.ndarray,
+    names: list[str],
+    fractions: np.ndarray,
+    title: str,
+    ylabel: str = "share of frame",
+) -> None:
+    fig = figure(pts, names, fractions, title, ylabel)
     try:
         fig.savefig(path)
     finally:
@@ -130,9 +208,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def figure(pts: np.ndarray, names: list[str], fractions: np.ndarray, title: str) -> Figure:
+def figure(
+    pts: np.ndarray,
+    names: list[str],
+    fractions: np.ndarray,
+    title: str,
+    ylabel: str = "share of frame",
+) -> Figure:
     """The chart as a matplotlib Figure (the caller saves and closes it): one line per class, the legend
-    naming the LEGEND_CLASSES largest, the y axis from 0 to 100 % with Y_MARGIN to spare on both sides."""
+    naming the LEGEND_CLASSES largest, the y axis from 0 to 100 % with Y_MARGIN to spare on both sides;
+    `ylabel` says what the 100 % is (the frame, or a region)."""
     plt = _pyplot()
     from matplotlib.ticker import PercentFormatter
 
@@ -152,7 +237,7 @@ def figure(pts: np.ndarray, names: list[str], fractions: np.ndarray, title: str)
             else:
                 ax.plot(pts, fractions[:, cid], color="0.75", linewidth=0.6, zorder=0)
         ax.set_xlabel("time in stream (s)")
-        ax.set_ylabel("share of frame")
+        ax.set_ylabel(ylabel)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(-Y_MARGIN, 1 + Y_MARGIN)
         ax.set_yticks(np.linspace(0.0, 1.0, 6))  # 0-100 % in steps of 20: no tick in the margins
@@ -186,21 +271,33 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.output}: the output must end in .png, .svg, .pdf or .jpg")
     if args.job is not None and (problem := id_problem(args.job)) is not None:
         raise CommandError(f"--job {args.job!r}: {problem}")
-    rows, note = _stream_rows(out, args.stream, args.job)
+    if args.region is None:
+        rows, note = _stream_rows(out, args.stream, args.job)
+        region = None
+    else:
+        rows, region, note = _region_rows(out, args.stream, args.job, args.region)
     if note:
         print(note)
     pts, names, fractions = _series(rows)
     job = rows["job_id"][0].as_py()
-    target = args.output if args.output is not None else out / "plots" / job / f"{args.stream}.png"
+    if args.output is not None:
+        target = args.output
+    elif region is None:
+        target = out / "plots" / job / f"{args.stream}.png"
+    else:  # beside the stream's whole-frame plot, never in its place
+        target = out / "plots" / job / args.stream / region_file_name(region)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CommandError(f"cannot create {target.parent}: {error.strerror or error}") from None
     frames = len(pts)
+    where = f"stream {args.stream}" if region is None else f"region {region} of stream {args.stream}"
+    ylabel = "share of frame" if region is None else "share of region"
     try:
-        render(target, pts, names, fractions, f"stream {args.stream} — job {job} ({frames:,} frames)")
+        render(target, pts, names, fractions, f"{where} — job {job} ({frames:,} frames)", ylabel)
     except OSError as error:
         raise CommandError(f"cannot write {target}: {error.strerror or error}") from None
     classes = f"{len(names)} class{'es' if len(names) != 1 else ''}"
-    print(f"wrote {target} ({classes}, {frames:,} frame{'s' if frames != 1 else ''})")
+    scope = "" if region is None else f"region {region}, "
+    print(f"wrote {target} ({scope}{classes}, {frames:,} frame{'s' if frames != 1 else ''})")
     return 0

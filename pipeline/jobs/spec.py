@@ -22,9 +22,12 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from pipeline.alerts import AlertRule, parse_alerts
 from pipeline.jobs.checks import Checker, describe, join_path, show
 from pipeline.jobs.decoding import DecodingSpec, parse_decoding
 from pipeline.jobs.ids import id_problem, unique_stream_ids
+from pipeline.regions import RegionSpec, parse_regions
+from pipeline.webhook import WebhookSpec, parse_webhook
 
 MAX_CLASSES = 1000
 # Longest time an analysed frame waits before it is committed to Parquet (top-level `flush_interval_s`).
@@ -109,6 +112,8 @@ class StreamSpec:
         live: True for sources that arrive in real time (defaults to True for rtsp/rtsps).
         realtime: files only: read at the file's own frame rate, as a camera would deliver it, to rehearse
             a live deployment or load-test one; still replayed exactly after a crash, never dropping frames.
+        regions: named polygons of the frame whose class areas are measured too (`region_areas`).
+        alerts: rules on a class's share of a region or of the whole frame (`events`).
     """
 
     id: str
@@ -118,6 +123,15 @@ class StreamSpec:
     live: bool = False
     failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
     realtime: bool = False
+    regions: tuple[RegionSpec, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job-spec form of the stream (regions and alerts as the spec spells them)."""
+        data = _without_none(dataclasses.asdict(self))
+        data["regions"] = [region.to_dict() for region in self.regions]
+        data["alerts"] = [rule.to_dict() for rule in self.alerts]
+        return data
 
     @property
     def synonyms(self) -> list[list[str]]:
@@ -151,6 +165,7 @@ class JobSpec:
     `flush_interval_s` bounds how long an analysed frame waits before it is committed to Parquet,
     whatever the frame rate: how stale a live dashboard can be, and how much a crash can cost a live
     stream (a live source cannot replay what was lost). `decoding` groups streams into decoder actors.
+    `webhook` receives every stream's alert records as JSON POSTs.
     """
 
     job_id: str | None
@@ -161,6 +176,7 @@ class JobSpec:
     store_labels: bool = False
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     decoding: DecodingSpec = field(default_factory=DecodingSpec)
+    webhook: WebhookSpec | None = None
 
     def stream(self, stream_id: str) -> StreamSpec:
         for s in self.streams:
@@ -171,7 +187,11 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable form, as stored with the job's state. Unset (None) fields are left out,
         so `parse_job_spec(spec.to_dict())` gives the same spec back (a resumed job re-reads it)."""
-        return _without_none(dataclasses.asdict(self))
+        data = _without_none(dataclasses.asdict(self))
+        data["streams"] = [stream.to_dict() for stream in self.streams]
+        if self.webhook is not None:
+            data["webhook"] = self.webhook.to_dict()
+        return data
 
 
 def _without_none(value: Any) -> Any:
@@ -297,7 +317,17 @@ def _parse_sampling(c: Checker, value: Any, path: str) -> SamplingSpec:
 
 
 def _parse_stream(c: Checker, value: Any, path: str) -> tuple[StreamSpec, str | None] | None:
-    keys = ("id", "source", "vocabulary", "sampling", "live", "failure_policy", "realtime")
+    keys = (
+        "id",
+        "source",
+        "vocabulary",
+        "sampling",
+        "live",
+        "failure_policy",
+        "realtime",
+        "regions",
+        "alerts",
+    )
     raw = c.mapping(value, path, keys)
     if raw is None:
         return None
@@ -328,6 +358,11 @@ def _parse_stream(c: Checker, value: Any, path: str) -> tuple[StreamSpec, str | 
     if realtime and scheme is not None:
         message = "only for files; network and live sources already arrive in real time"
         c.error(join_path(path, "realtime"), message)
+    regions = parse_regions(c, raw.get("regions"), join_path(path, "regions"))
+    class_names = [entry.split(",")[0].strip() for entry in vocabulary] if vocabulary else None
+    alerts = parse_alerts(
+        c, raw.get("alerts"), join_path(path, "alerts"), [r.name for r in regions], class_names
+    )
     spec = StreamSpec(
         id=stream_id or "",
         source=source,
@@ -336,6 +371,8 @@ def _parse_stream(c: Checker, value: Any, path: str) -> tuple[StreamSpec, str | 
         live=live,
         failure_policy=FailurePolicy(retries=retries),
         realtime=realtime,
+        regions=regions,
+        alerts=alerts,
     )
     return spec, scheme
 
@@ -423,7 +460,17 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
     `base_dir` defaults to the current directory; `source` only names the spec in error messages.
     """
     c = Checker(Path(os.path.abspath(base_dir)) if base_dir is not None else Path.cwd())
-    keys = ("job_id", "model", "output", "streams", "serve", "store_labels", "flush_interval_s", "decoding")
+    keys = (
+        "job_id",
+        "model",
+        "output",
+        "streams",
+        "serve",
+        "store_labels",
+        "flush_interval_s",
+        "decoding",
+        "webhook",
+    )
     raw = c.mapping(data, "", keys)
     if raw is None or not raw:
         if raw is not None:
@@ -450,9 +497,10 @@ def parse_job_spec(data: Any, base_dir: str | Path | None = None, source: str | 
     if "flush_interval_s" in raw:
         flush_interval_s = c.number(raw["flush_interval_s"], "flush_interval_s", 0.0, inclusive=False) or 0.0
     decoding = parse_decoding(c, raw.get("decoding"))
+    webhook = parse_webhook(c, raw.get("webhook"))
     if c.problems:
         raise JobSpecError(c.problems, source)
-    return JobSpec(job_id, model, output, streams, serve, store_labels, flush_interval_s, decoding)
+    return JobSpec(job_id, model, output, streams, serve, store_labels, flush_interval_s, decoding, webhook)
 
 
 def load_job_spec(path: str | Path) -> JobSpec:

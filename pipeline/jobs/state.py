@@ -84,7 +84,8 @@ if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
-# ARGV: epoch, table, part name, first, last, rows, frames, record JSON, primary table, now, last pts ('' if none)
+# ARGV: epoch, table, part name, first, last, rows, frames, record JSON, primary table, now, last pts ('' if none),
+# the stream's alert state committed with the part ('' if none; see pipeline.storage.stream_alerts)
 _RECORD_COMMIT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1, 0} end
@@ -101,6 +102,7 @@ if tonumber(ARGV[5]) > last then
   redis.call('HSET', KEYS[1], prefix .. 'last_frame', ARGV[5])
   if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], prefix .. 'last_pts', ARGV[11]) end
 end
+if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'alerts', ARGV[12]) end
 if ARGV[2] == ARGV[9] then
   redis.call('HINCRBY', KEYS[1], 'written', ARGV[7])
   local written = tonumber(redis.call('HGET', KEYS[1], 'last_written_frame') or '-1')
@@ -128,6 +130,14 @@ if current ~= tonumber(ARGV[3]) then return {0, current} end
 redis.call('HSET', KEYS[1], 'exported:' .. ARGV[1], ARGV[4], 'updated', ARGV[6])
 redis.call('HSET', KEYS[2], field, ARGV[5])
 return {1, current}
+"""
+
+
+_SET_DELIVERED = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return 0 end
+local current = tonumber(redis.call('HGET', KEYS[1], 'webhook_delivered') or '-1')
+if tonumber(ARGV[1]) > current then redis.call('HSET', KEYS[1], 'webhook_delivered', ARGV[1]) end
+return 1
 """
 
 
@@ -200,6 +210,7 @@ class JobStore:
         self._create = client.register_script(_CREATE_JOB)
         self._bump = client.register_script(_BUMP_EPOCH)
         self._commit = client.register_script(_RECORD_COMMIT)
+        self._delivered = client.register_script(_SET_DELIVERED)
         self._export = client.register_script(_RECORD_EXPORT)
 
     @classmethod
@@ -398,12 +409,14 @@ class JobStore:
         writer_epoch: int,
         frames: int | None = None,
         last_pts: float | None = None,
+        alert_state: str | None = None,
     ) -> bool:
         """Record a published part if `writer_epoch` is the stream's current epoch.
 
         Returns True when recorded, False when this part was already recorded (a retried call).
         Raises StaleWriterError when another writer took over. `frames` (distinct frames in the part)
-        feeds the `written` counter for the primary table; it defaults to the frame span.
+        feeds the `written` counter for the primary table; it defaults to the frame span. `alert_state`,
+        when given, is stored in the same atomic step (`committed_alert_state` reads it back).
         """
         check_id(table, "table")
         n_frames = frames if frames is not None else last_frame - first_frame + 1
@@ -429,6 +442,7 @@ class JobStore:
                 PRIMARY_TABLE,
                 repr(self.clock()),
                 "" if last_pts is None else repr(float(last_pts)),
+                alert_state or "",
             ],
         )
         if code == -1:
@@ -445,8 +459,10 @@ class JobStore:
             )
         return bool(code == 1)
 
-    def record_part(self, job_id: str, stream_id: str, part: PartRecord) -> bool:
-        """`record_commit` for a writer's part record; `functools.partial` it into `PartWriter.on_commit`."""
+    def record_part(
+        self, job_id: str, stream_id: str, part: PartRecord, alert_state: str | None = None
+    ) -> bool:
+        """`record_commit` for a writer's part record (with the stream's alert state, if it has alerts)."""
         return self.record_commit(
             job_id,
             stream_id,
@@ -458,7 +474,22 @@ class JobStore:
             part.epoch,
             frames=part.frames,
             last_pts=getattr(part, "last_pts", None),
+            alert_state=alert_state,
         )
+
+    def committed_alert_state(self, job_id: str, stream_id: str) -> str | None:
+        """The alert state stored with the stream's last `events` or `frames` commit (None before any)."""
+        value = self.r.hget(self._stream(job_id, stream_id), "alerts")
+        return None if value is None else _text(value)
+
+    def webhook_delivered(self, job_id: str, stream_id: str) -> int:
+        """Sequence of the last alert record the stream's webhook settled (delivered or given up), or -1."""
+        value = self.r.hget(self._stream(job_id, stream_id), "webhook_delivered")
+        return int(_text(value)) if value is not None else -1
+
+    def set_webhook_delivered(self, job_id: str, stream_id: str, sequence: int) -> None:
+        """Note that alert records through `sequence` are settled; never moves backwards."""
+        self._delivered(keys=[self._stream(job_id, stream_id)], args=[sequence])
 
     def errors_to_export(self, job_id: str, stream_id: str) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
         """The stream's error records not yet in the `errors` table, with their ordinals (1-based, over
@@ -583,6 +614,8 @@ class JobStore:
                     committed.setdefault(table, {})[stat] = _number(value)
                 elif name in ("decoder", "writer"):  # actor names
                     info[name] = value
+                elif name == "alerts":  # the alert state committed with the stream's parts
+                    info[name] = json.loads(value)
                 else:
                     info[name] = _number(value)
             info["committed"] = committed

@@ -42,6 +42,7 @@ class PostprocessResult:
     labels: torch.Tensor | None  # [H, W] int64
     areas: torch.Tensor  # [C] int64
     scores: torch.Tensor | None  # [C, H, W] float32
+    region_areas: torch.Tensor | None = None  # [R, C] int64, per region of `regions`
 
 
 def postprocess(
@@ -51,6 +52,7 @@ def postprocess(
     *,
     return_labels: bool = True,
     return_scores: bool = False,
+    regions: torch.Tensor | None = None,
 ) -> PostprocessResult:
     """Full-resolution labels, per-class pixel counts and (optionally) scores for one image.
 
@@ -58,6 +60,8 @@ def postprocess(
         mask_logits: [Q, h, w] mask proposal logits at the side-adapter grid.
         probabilities: [Q, C] from `class_probabilities`.
         geom: the image's original/resized/padded sizes.
+        regions: bool [R, H, W] region masks at the original size: per-region class pixels are counted
+            band by band from the same labels, so no full-resolution label map is needed for them.
     """
     device = mask_logits.device
     queries, mask_h, mask_w = mask_logits.shape
@@ -73,6 +77,11 @@ def postprocess(
         torch.empty(classes, height, width, dtype=torch.float32, device=device) if return_scores else None
     )
     areas = torch.zeros(classes, dtype=torch.long, device=device)
+    if regions is not None and tuple(regions.shape[1:]) != (height, width):
+        raise ValueError(f"region masks are {tuple(regions.shape[1:])}, the image is {(height, width)}")
+    region_areas = (
+        None if regions is None else torch.zeros(regions.shape[0], classes, dtype=torch.long, device=device)
+    )
     # Columns first: [Q, h, W] is small and shared by every band.
     wide = torch.matmul(masks, cols_matrix.T)
     for top in range(0, height, band):
@@ -81,8 +90,12 @@ def postprocess(
         band_scores = torch.matmul(probs_t, full.reshape(queries, -1)).reshape(classes, bottom - top, width)
         band_labels = band_scores.argmax(dim=0)
         areas += torch.bincount(band_labels.flatten(), minlength=classes)
+        if regions is not None and region_areas is not None:
+            for r in range(regions.shape[0]):
+                inside = band_labels[regions[r, top:bottom]]
+                region_areas[r] += torch.bincount(inside, minlength=classes)
         if labels is not None:
             labels[top:bottom] = band_labels
         if scores is not None:
             scores[:, top:bottom] = band_scores
-    return PostprocessResult(labels=labels, areas=areas, scores=scores)
+    return PostprocessResult(labels=labels, areas=areas, scores=scores, region_areas=region_areas)

@@ -10,6 +10,7 @@ result independent of what else is in its batch.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,12 +52,23 @@ class Segmentation:
         labels: H x W int32 class indices (None when `return_labels=False`).
         areas: int64 [C], pixels labelled with each class; sums to H * W.
         scores: float32 [C, H, W] per-class scores, only with `return_scores=True`.
+        region_areas: int64 [R, C], pixels of each class inside each of the image's region masks (only
+            when `regions` were given for the image); row r sums to the size of mask r.
     """
 
     vocabulary: Vocabulary
     labels: np.ndarray | None
     areas: np.ndarray
     scores: np.ndarray | None = None
+    region_areas: np.ndarray | None = None
+
+
+def _shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over `array`'s memory without a copy, also for a read-only array (cached region masks,
+    shared by every frame): nothing here writes to it, so torch's warning about that does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -133,12 +145,19 @@ class Segmenter:
         *,
         return_labels: bool = True,
         return_scores: bool = False,
+        regions: Sequence[np.ndarray | None] | None = None,
     ) -> list[Segmentation]:
-        """Segment `images` (H x W x 3 uint8 RGB, any sizes); image i is classified with `vocabularies[i]`."""
+        """Segment `images` (H x W x 3 uint8 RGB, any sizes); image i is classified with `vocabularies[i]`.
+
+        `regions[i]`, when given and not None, is a bool [R, H, W] stack of region masks of image i (see
+        `pipeline.regions.RegionMasks.stacked`): its per-region class areas come back in `region_areas`.
+        """
         if len(images) != len(vocabularies):
             raise ValueError(
                 f"got {len(images)} images but {len(vocabularies)} vocabularies; give one vocabulary per image"
             )
+        if regions is not None and len(regions) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(regions)} region stacks; give one per image")
         checked = [check_image(image, index) for index, image in enumerate(images)]
         vocabs = [
             validate_vocabulary(vocabulary, label=f"vocabularies[{index}]")
@@ -158,12 +177,14 @@ class Segmenter:
             embeddings = output.mask_embeddings.float()
             for slot, index in enumerate(members):
                 logits = embeddings[slot] @ self.classifiers.get(vocabs[index]).T
+                masks = None if regions is None else regions[index]
                 processed = postprocess(
                     output.mask_logits[slot],
                     class_probabilities(logits),
                     geoms[index],
                     return_labels=return_labels,
                     return_scores=return_scores,
+                    regions=None if masks is None else _shared_tensor(masks).to(self.device),
                 )
                 results[index] = Segmentation(
                     vocabulary=vocabs[index],
@@ -172,5 +193,8 @@ class Segmenter:
                     else processed.labels.to(torch.int32).cpu().numpy(),
                     areas=processed.areas.cpu().numpy(),
                     scores=None if processed.scores is None else processed.scores.cpu().numpy(),
+                    region_areas=None
+                    if processed.region_areas is None
+                    else processed.region_areas.cpu().numpy(),
                 )
         return [result for result in results if result is not None]

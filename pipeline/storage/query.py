@@ -1,4 +1,4 @@
-"""DuckDB over an output directory: one view per table, a per-class summary, and ad-hoc SQL.
+"""DuckDB over an output directory: one view per table, per-class and per-region summaries, ad-hoc SQL.
 
 Views read the parts through a glob (`OUT/<table>/<job>/<stream>/*.parquet`), so a connection kept open
 sees parts published after it was made. Only committed parts are ever in a table directory (see
@@ -36,9 +36,24 @@ GROUP BY job_id, stream_id, class_id
 ORDER BY job_id, stream_id, class_id
 """
 
+_REGION_SUMMARY_SQL = """
+SELECT job_id, stream_id, region, class_id, any_value(class_name) AS class_name,
+       count(*) AS frames, avg(fraction) AS mean_fraction, max(fraction) AS max_fraction
+FROM region_areas
+GROUP BY job_id, stream_id, region, class_id
+ORDER BY job_id, stream_id, region, class_id
+"""
+
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_type(table: str, field: pa.Field) -> str:
+    try:
+        return _SQL_TYPES[field.type]
+    except KeyError:  # a new column type in schema.py: name it rather than fail with a bare KeyError
+        raise TypeError(f"{table}.{field.name}: no DuckDB type for Arrow type {field.type}") from None
 
 
 def _view_sql(table: str, out_dir: Path, job_id: str | None) -> str:
@@ -46,7 +61,7 @@ def _view_sql(table: str, out_dir: Path, job_id: str | None) -> str:
     pattern = parts_glob(out_dir, table, job_id)
     files = sorted(glob.glob(os.path.join(glob.escape(str(out_dir)), os.path.relpath(pattern, out_dir))))
     if not files:
-        columns = ", ".join(f"CAST(NULL AS {_SQL_TYPES[f.type]}) AS {f.name}" for f in schema)
+        columns = ", ".join(f"CAST(NULL AS {_sql_type(table, f)}) AS {f.name}" for f in schema)
         return f"SELECT {columns} LIMIT 0"
     # A glob keeps the view live; an output path that itself contains glob characters would be
     # misread as a pattern, so such paths get the (static) file list instead.
@@ -104,3 +119,12 @@ def summary(out_dir: str | Path, job_id: str | None = None) -> pa.Table:
     Grouped by job too, because several jobs may share an output directory and reuse stream ids.
     """
     return run_sql(out_dir, _SUMMARY_SQL, job_id=job_id)
+
+
+def region_summary(out_dir: str | Path, job_id: str | None = None) -> pa.Table:
+    """Per job, stream, region and class: frames seen, mean and max fraction of the region over time.
+
+    Columns: job_id, stream_id, region, class_id, class_name, frames, mean_fraction, max_fraction; ordered
+    by job, stream, region name and class id. Empty when no job (or not `job_id`) wrote region areas.
+    """
+    return run_sql(out_dir, _REGION_SUMMARY_SQL, job_id=job_id)

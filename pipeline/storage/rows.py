@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.frames import FrameAreas
-from pipeline.storage.schema import CLASS_AREAS, FRAMES, VOCABULARIES, table_spec
+from pipeline.storage.schema import CLASS_AREAS, FRAMES, REGION_AREAS, VOCABULARIES, table_spec
 
 
 def _repeat(value: str, n: int) -> pa.Array:
@@ -108,6 +108,49 @@ def _one_version_table(areas: Sequence[FrameAreas], vocabulary: Sequence[str], j
     return pa.Table.from_arrays(columns, schema=CLASS_AREAS)
 
 
+def region_area_table(
+    areas: Sequence[FrameAreas], vocabularies: Mapping[int, Sequence[str]], job_id: str
+) -> pa.Table:
+    """`region_areas` rows for frames of one stream: per frame, region (in the spec's order) and class,
+    zeros included; `fraction` is of the region's pixels. Frames without regions give no rows."""
+    tables = [_frame_region_table(item, vocabularies, job_id) for item in areas if item.region_names]
+    return pa.concat_tables(tables) if tables else REGION_AREAS.empty_table()
+
+
+def _frame_region_table(item: FrameAreas, vocabularies: Mapping[int, Sequence[str]], job_id: str) -> pa.Table:
+    names = vocabularies.get(item.vocabulary_version)
+    if names is None:
+        raise ValueError(
+            f"stream {item.stream_id!r} frame {item.frame_index}: vocabulary version {item.vocabulary_version} "
+            f"is unknown here (known: {sorted(vocabularies)})"
+        )
+    pixels = np.asarray(item.region_pixels, dtype=np.int64)
+    n_regions, n_classes = len(item.region_names), len(names)
+    if pixels.shape != (n_regions, n_classes):
+        raise ValueError(
+            f"stream {item.stream_id!r} frame {item.frame_index}: region pixels have shape {pixels.shape}, "
+            f"expected ({n_regions}, {n_classes}) for {n_regions} regions and {n_classes} classes"
+        )
+    totals = pixels.sum(axis=1, keepdims=True)
+    fraction = np.divide(pixels, totals, out=np.zeros(pixels.shape), where=totals > 0)
+    n_rows = pixels.size
+    class_ids = np.tile(np.arange(n_classes, dtype=np.int32), n_regions)
+    region_index = np.repeat(np.arange(n_regions, dtype=np.int32), n_classes)
+    columns = [
+        _repeat(job_id, n_rows),
+        _repeat(item.stream_id, n_rows),
+        pa.array(np.full(n_rows, item.frame_index, dtype=np.int64)),
+        pa.array(np.full(n_rows, item.pts_seconds, dtype=np.float64)),
+        pc.take(pa.array(list(item.region_names), pa.string()), pa.array(region_index)),
+        pa.array(class_ids),
+        pc.take(pa.array(list(names), pa.string()), pa.array(class_ids)),
+        pa.array(pixels.reshape(-1)),
+        pa.array(fraction.reshape(-1)),
+        pa.array(np.full(n_rows, item.vocabulary_version, dtype=np.int32)),
+    ]
+    return pa.Table.from_arrays(columns, schema=REGION_AREAS)
+
+
 def frame_rows(areas: Sequence[FrameAreas], wall_times: Sequence[float], job_id: str) -> pa.Table:
     """`frames` rows: one per analysed frame, `wall_time` being the frame's arrival (`Frame.wall_time`).
 
@@ -148,7 +191,7 @@ def vocabulary_rows(job_id: str, stream_id: str, vocabulary: Sequence[str], vers
 
 
 def records_table(table: str, records: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Rows for the low-volume tables (`errors`, `gaps`) from plain mappings, checked against the schema.
+    """Rows for the low-volume tables (`errors`, `gaps`, `events`) from plain mappings, checked against the schema.
 
     These tables see a handful of rows per stream, so clarity beats columnar building here.
     """

@@ -89,6 +89,48 @@ GAPS = pa.schema(
 )
 
 
+REGION_AREAS = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("stream_id", STREAM_ID),
+        ("frame_index", pa.int64()),
+        ("pts_seconds", pa.float64()),
+        ("region", pa.string()),
+        ("class_id", pa.int32()),
+        ("class_name", pa.string()),
+        ("pixels", pa.int64()),
+        # Of the region's pixels (not the frame's): the classes of one region and frame sum to 1.
+        ("fraction", pa.float64()),
+        ("vocabulary_version", pa.int32()),
+    ]
+)
+
+#: Alert events: one row when an event opens, one when it closes ("closed": the value cleared) or the
+#: stream ends with it open ("ended"); the rows of one event share `event_id`.
+EVENTS = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("stream_id", STREAM_ID),
+        # 0, 1, 2, ... per stream, in the order the records were made: what makes them exactly-once.
+        ("sequence", pa.int64()),
+        ("event_id", pa.string()),
+        ("rule", pa.string()),
+        ("region", pa.string()),  # null: the whole frame
+        ("class_name", pa.string()),
+        ("status", pa.string()),
+        ("start_pts", pa.float64()),
+        ("end_pts", pa.float64()),  # null while open
+        ("start_wall", pa.float64()),
+        ("end_wall", pa.float64()),
+        ("peak", pa.float64()),
+        # The frame this record was made at (the opening or closing frame, or the stream's last).
+        ("frame_index", pa.int64()),
+        ("pts_seconds", pa.float64()),
+        ("wall_time", pa.float64()),
+    ]
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """What the writer needs to know about a table beyond its columns.
@@ -115,6 +157,8 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("vocabularies", VOCABULARIES, ("vocabulary_version", "class_id"), False),
         TableSpec("errors", ERRORS, ("time",), False),
         TableSpec("gaps", GAPS, ("start_pts",), False),
+        TableSpec("region_areas", REGION_AREAS, ("frame_index", "region", "class_id"), True),
+        TableSpec("events", EVENTS, ("sequence",), False),
     )
 }
 

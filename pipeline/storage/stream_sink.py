@@ -1,5 +1,6 @@
 """A stream's output in one place: frame areas in, committed `class_areas`, `frames`, `vocabularies` and
-`gaps` parts out, each part recorded in the job store before it is published.
+`gaps` parts out (and `region_areas` and `events` when the stream has regions and alerts), each part
+recorded in the job store before it is published.
 
 Every attempt at a stream (first start, a restarted writer, a decoder starting over after a failure, a
 resumed job) begins with `begin()`: it takes a new writer epoch from the job store, finishes or rolls back
@@ -24,11 +25,19 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.alerts import AlertRule
 from pipeline.frames import FrameAreas
 from pipeline.jobs.state import JobStore
 from pipeline.storage.recorder import StreamRecorder
-from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
+from pipeline.storage.rows import (
+    class_area_table,
+    frame_rows,
+    records_table,
+    region_area_table,
+    vocabulary_rows,
+)
 from pipeline.storage.schema import STAGING_DIR, stream_dir
+from pipeline.storage.stream_alerts import EventRecord, StreamAlerts
 from pipeline.storage.writer import (
     CommitRejected,
     CommittedPart,
@@ -36,10 +45,14 @@ from pipeline.storage.writer import (
     PartWriter,
     recover_staged_parts,
 )
+from pipeline.webhook import WebhookSender, WebhookSpec
 
 DEFAULT_COMMIT_INTERVAL_S = 10.0
 FRAME_TABLES = ("class_areas", "frames")
 SINK_TABLES = (*FRAME_TABLES, "vocabularies", "gaps")
+#: How long a stream's end waits for its webhook to take the last records (a dead receiver must not hold
+#: the job up; what it did not take is in the `events` table and reported in `errors`).
+WEBHOOK_DRAIN_S = 5.0
 #: Where fault tests may crash or disturb a writer: the part writer's steps and the record's reply.
 FAILPOINTS = ("staged", "recorded", "published", "record_reply")
 FAILPOINT_ACTIONS = ("crash", "lose_reply")
@@ -69,12 +82,34 @@ class WriterStart:
     last_pts: float | None
 
 
+@dataclass(frozen=True)
+class SinkOptions:
+    """What a stream's writer makes beyond class areas and frames.
+
+    Attributes:
+        region_names: the stream's regions, in the spec's order: a `region_areas` table.
+        alerts: the stream's alert rules: an `events` table (see `pipeline.storage.stream_alerts`).
+        webhook: where alert records are also POSTed (the job spec's `webhook`).
+    """
+
+    region_names: tuple[str, ...] = ()
+    alerts: tuple[AlertRule, ...] = ()
+    webhook: WebhookSpec | None = None
+
+
 class _FaultyRecorder(StreamRecorder):
-    """A recorder that can lose the reply of a successful record, for fault tests."""
+    """The sink's recorder: stores the stream's alert state with its `events` and `frames` parts, and can
+    lose the reply of a successful record, for fault tests."""
 
     def __init__(self, sink: StreamSink) -> None:
         super().__init__(sink.store, sink.job_id, sink.stream_id)
         self.sink = sink
+
+    def _record(self, part: CommittedPart) -> None:
+        state = (
+            self.sink.alerts.to_json() if self.sink.alerts and part.table in ("events", "frames") else None
+        )
+        self.store.record_part(self.job_id, self.stream_id, part, alert_state=state)
 
     def record(self, part: CommittedPart) -> None:
         super().record(part)
@@ -91,6 +126,7 @@ class StreamSink:
         store: the job store (commit records, epochs).
         commit_interval_s: longest time rows stay buffered between the caller's calls.
         max_rows: rows per part at most.
+        options: regions, alerts and webhook of the stream.
     """
 
     def __init__(
@@ -102,6 +138,7 @@ class StreamSink:
         store: JobStore,
         commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
         max_rows: int = 250_000,
+        options: SinkOptions | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.job_id = job_id
@@ -116,6 +153,12 @@ class StreamSink:
         self.epoch = 0
         self.writers: dict[str, PartWriter] = {}
         self.areas_through = -1
+        self.options = options = options or SinkOptions()
+        self.frame_tables = FRAME_TABLES + (("region_areas",) if options.region_names else ())
+        self.tables = (*self.frame_tables, "vocabularies", "gaps") + (("events",) if options.alerts else ())
+        self.alerts = StreamAlerts(options.alerts)
+        self.webhook: WebhookSender | None = None
+        self._submitted_through = -1  # the last alert record handed to the webhook
 
     # fault injection ------------------------------------------------------------------------------
     def arm_failpoint(self, point: str, action: str, skip: int = 0) -> None:
@@ -147,10 +190,11 @@ class StreamSink:
         recorder = _FaultyRecorder(self)
         self.writers = {}
         # One read of the stream's commit records (the hash grows with every part), split by table.
-        recorded: dict[str, set[str]] = {table: set() for table in SINK_TABLES}
+        recorded: dict[str, set[str]] = {table: set() for table in self.tables}
         for part in self.store.committed_parts(job_id, stream_id):
             recorded.setdefault(part["table"], set()).add(part["part"])
-        for table in SINK_TABLES:
+        events_through = self.store.committed_frames(job_id, stream_id, "events")  # a sequence number
+        for table in self.tables:
             recover_staged_parts(self.out_dir, table, job_id, stream_id, recorded[table], epoch=self.epoch)
             self.writers[table] = PartWriter(
                 self.out_dir,
@@ -161,14 +205,18 @@ class StreamSink:
                 max_rows=self.max_rows,
                 recorder=recorder,
                 failpoint=self.failpoint,
+                first_ordinal=events_through + 1 if table == "events" else 0,
             )
+        if self.alerts:
+            self.alerts.restore(self.store.committed_alert_state(job_id, stream_id), events_through)
+            self._resend_undelivered()
         self.written_versions = self._committed_versions(recorded["vocabularies"])
         if 1 not in self.written_versions:
             self._write_vocabulary(1, self.vocabulary)
         # Per table, the last frame already committed: rows at or below it are dropped, so frames replayed
         # after a crash between the two tables' commits end up exactly once in each table.
         self.committed = {
-            table: self.store.committed_frames(job_id, stream_id, table) for table in FRAME_TABLES
+            table: self.store.committed_frames(job_id, stream_id, table) for table in self.frame_tables
         }
         self.areas_through = self.committed["class_areas"]
         self._settle_labels(self.areas_through, drop_rest=True)
@@ -230,10 +278,18 @@ class StreamSink:
         """Buffer analysed frames (in frame order); commits when `commit` is set (the caller's flush
         interval passed) or the sink's own interval has passed. Returns frames committed by this call."""
         self._check_epoch(epoch)
+        if self.alerts:
+            # Before any other table takes these frames' rows: see pipeline.storage.stream_alerts.
+            self._commit_events(self.alerts.observe(areas, wall_times, self.vocabularies))
         fresh = [a for a in areas if a.frame_index > self.committed["class_areas"]]
         if fresh:
             rows = class_area_table(fresh, self.vocabularies, self.job_id)
             self._note_committed(self._guarded(lambda: self.writers["class_areas"].append(rows)))
+        if "region_areas" in self.writers:
+            mapped = [a for a in areas if a.frame_index > self.committed["region_areas"]]
+            region_rows = region_area_table(mapped, self.vocabularies, self.job_id)
+            if region_rows.num_rows:
+                self._guarded(lambda: self.writers["region_areas"].append(region_rows))
         timed = [
             (a, t) for a, t in zip(areas, wall_times, strict=True) if a.frame_index > self.committed["frames"]
         ]
@@ -289,10 +345,59 @@ class StreamSink:
             elif drop_rest:
                 Path(entry.path).unlink(missing_ok=True)
 
+    def _commit_events(self, records: list[EventRecord]) -> None:
+        """Commit alert records at once (with the alert state, by the recorder), then hand them to the
+        webhook: a receiver only ever hears of committed records."""
+        if not records:
+            return
+        rows = [record.row(self.job_id, self.stream_id) for record in records]
+        events = self.writers["events"]
+        self._guarded(lambda: events.append(records_table("events", rows)))
+        self._guarded(events.flush)
+        self._submit(rows)
+
+    def _submit(self, rows: list[dict[str, object]]) -> None:
+        webhook = self.options.webhook
+        if webhook is None:
+            return
+        if self.webhook is None:
+            job_id, stream_id, store = self.job_id, self.stream_id, self.store
+            self.webhook = WebhookSender(
+                webhook,
+                on_failure=lambda message: store.record_error(job_id, stream_id, "webhook", message),
+                on_delivered=lambda sequence: store.set_webhook_delivered(job_id, stream_id, sequence),
+            )
+        for row in rows:
+            sequence = int(row["sequence"])  # type: ignore[call-overload]
+            if sequence > self._submitted_through:
+                key = f"{self.job_id}/{self.stream_id}/{sequence}"
+                self.webhook.submit(sequence, row, key)
+                self._submitted_through = sequence
+
+    def _resend_undelivered(self) -> None:
+        """Hand the webhook the committed records it has not settled: an earlier attempt (or process)
+        may have committed them and stopped before delivering (receivers dedupe by Idempotency-Key)."""
+        if self.options.webhook is None:
+            return
+        after = max(self.store.webhook_delivered(self.job_id, self.stream_id), self._submitted_through)
+        folder = stream_dir(self.out_dir, "events", self.job_id, self.stream_id)
+        if not folder.is_dir():
+            return
+        rows = [
+            row
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name)
+            if entry.name.endswith(".parquet")
+            for row in pq.read_table(entry.path).to_pylist()
+            if row["sequence"] > after
+        ]
+        self._submit(sorted(rows, key=lambda row: row["sequence"]))
+
     def flush(self) -> int:
         """Commit everything buffered; frames table first so a committed class-area frame always has
         its frame row. Returns frames committed to `class_areas`."""
         self._guarded(self.writers["frames"].flush)
+        if "region_areas" in self.writers:
+            self._guarded(self.writers["region_areas"].flush)
         parts = self._guarded(self.writers["class_areas"].flush)
         self.last_commit = time.monotonic()
         self._note_committed(parts)
@@ -304,9 +409,21 @@ class StreamSink:
         if parts:
             self.areas_through = max(self.areas_through, parts[-1].last_frame)
 
-    def close(self, epoch: int) -> int:
+    def close(self, epoch: int, ended: bool = False) -> int:
+        """Commit what is buffered and close the tables. `ended`: the stream is over for good (its source
+        ended, or it was removed or cancelled), so events still open are recorded as "ended"; an
+        interrupted stream, which a resume continues, leaves them open."""
         self._check_epoch(epoch)
+        if ended and self.alerts:
+            self._commit_events(self.alerts.finish())
         committed = self.flush()
         for writer in self.writers.values():
             self._guarded(writer.close)
+        self.stop_webhook(WEBHOOK_DRAIN_S)
         return committed
+
+    def stop_webhook(self, drain_s: float = 0.0) -> None:
+        """Give the webhook up to `drain_s` to deliver what it holds, then stop it (it reports the rest)."""
+        if self.webhook is not None:
+            self.webhook.close(drain_s)
+            self.webhook = None

@@ -79,7 +79,7 @@ def test_hysteresis_keeps_an_event_open_until_the_clear_threshold():
         ("open", 0, None),
         ("closed", 0, 5),  # 0.4, 0.3 and 0.25 kept it open
         ("open", 7, None),  # 0.45 after closing is not above 0.5: nothing until 0.6
-        ("open", 7, None),  # finish: still open at the stream's end
+        ("ended", 7, 7),  # finish: still open at the stream's end
     ]
     without = run(AlertRule("wet", "water", above=0.5), samples([0.6, 0.4, 0.3, 0.55, 0.25]))
     assert [(e.status, e.start_pts) for e in without] == [
@@ -97,18 +97,18 @@ def test_below_rule_tracks_the_minimum_and_clears_at_or_above():
     assert (closed.end_pts, closed.peak) == (5, 0.1)
 
 
-def test_event_open_at_stream_end_is_reported_open_and_kept():
+def test_event_open_at_stream_end_is_reported_ended_once():
     rule = AlertRule("wet", "water", above=0.2, region="lane")
     state = AlertState()
-    for pts, wall, value in samples([0.1, 0.3, 0.6]):
-        evaluate(rule, state, pts, wall, value)
-    before = state.to_dict()
+    events = [
+        e for pts, wall, value in samples([0.1, 0.3, 0.6]) for e in evaluate(rule, state, pts, wall, value)
+    ]
     (record,) = finish(rule, state, 2.0, 99.0)
-    assert (record.status, record.end_pts, record.end_wall, record.peak) == ("open", None, None, 0.6)
+    assert (record.status, record.end_pts, record.end_wall, record.peak) == ("ended", 2.0, 99.0, 0.6)
     assert (record.at_pts, record.at_wall, record.region) == (2.0, 99.0, "lane")
-    assert state.to_dict() == before
-    (closed,) = evaluate(rule, state, 3.0, 100.0, 0.0)  # a resumed stream closes the same event
-    assert closed.event_id == record.event_id and closed.end_pts == 3.0
+    assert record.event_id == events[0].event_id and record.start_pts == events[0].start_pts == 1.0
+    assert finish(rule, state, 2.0, 99.0) == []  # the stream's end settles the event: never twice
+    assert not state.is_open and state.last_pts == 2.0
 
 
 def test_finish_reports_nothing_while_idle_or_pending():

@@ -15,6 +15,7 @@ from pipeline.regions import (
     RegionMasks,
     RegionSpec,
     check_inside,
+    check_regions,
     parse_regions,
     region_areas,
     region_mask,
@@ -163,12 +164,14 @@ def test_region_areas_rejects_mismatches():
 def test_mask_cache_computes_once_per_size_and_evicts_the_oldest():
     regions = (rect("a", 0, 0, 0.5, 1),)
     cache = RegionMasks(max_entries=2)
-    first = cache.get(regions, 8, 4)
-    assert cache.get(regions, 8, 4) is first and not first["a"].flags.writeable
-    cache.get(regions, 16, 8)
-    cache.get(regions, 8, 4)  # refreshed: 16x8 is now the oldest
-    cache.get(regions, 32, 16)
-    assert len(cache) == 2 and cache.get(regions, 8, 4) is first
+    first = cache.stacked(regions, 8, 4)
+    assert cache.stacked(regions, 8, 4) is first and not first.flags.writeable
+    assert first.shape == (1, 4, 8) and np.array_equal(cache.get(regions, 8, 4)["a"], first[0])
+    cache.stacked(regions, 16, 8)
+    cache.stacked(regions, 8, 4)  # refreshed: 16x8 is now the oldest
+    cache.stacked(regions, 32, 16)
+    assert len(cache) == 2 and cache.stacked(regions, 8, 4) is first
+    assert cache.stacked(regions, 16, 8) is not None and len(cache) == 2  # recomputed, 32x16 evicted
 
 
 def test_mask_cache_refuses_regions_that_do_not_fit_the_frame():
@@ -179,6 +182,9 @@ def test_mask_cache_refuses_regions_that_do_not_fit_the_frame():
     sliver = RegionSpec("sliver", ((0, 0), (1, 0), (1, 0.001)))
     with pytest.raises(RegionError, match="'sliver' contains no pixel centre of the 20x10 frame"):
         RegionMasks().get([sliver], 20, 10)
+    with pytest.raises(RegionError, match="'sliver' contains no pixel centre"):
+        check_regions([outside, sliver], 100, 50)  # what a decoder checks at every new frame size
+    check_regions([outside], 100, 50)
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -11,6 +11,7 @@ from PIL import Image
 from pipeline.cli import plot
 from pipeline.cli.main import main
 from tests.pipeline.cli.test_cli_query import write_outputs
+from tests.pipeline.storage.test_query_regions import write_regions
 
 # matplotlib's tab10 C0 and C1: with every class in the legend, class 0 and class 1 get these colours.
 CLASS0_RGB = (31, 119, 180)
@@ -128,3 +129,106 @@ def test_lines_on_0_and_100_percent_are_drawn_inside_the_axes() -> None:
         assert box.y1 - top > 1.5 and bottom - box.y0 > 1.5
     finally:
         plt.close(fig)
+
+
+@pytest.fixture
+def region_out(tmp_path: Path) -> Path:
+    """cam-a with the regions lane and sidewalk (see test_query_regions.REGIONS); cam-b without regions."""
+    return write_regions(write_outputs(tmp_path / "out"))
+
+
+def test_region_plot_draws_the_regions_fractions(region_out: Path, capsys, monkeypatch) -> None:
+    drawn = []
+
+    def recording_render(path, pts, names, fractions, title, ylabel="share of frame"):
+        drawn.append((pts, names, fractions, title, ylabel))
+        real_render(path, pts, names, fractions, title, ylabel)
+
+    real_render = plot.render
+    monkeypatch.setattr(plot, "render", recording_render)
+    code, text, err = run_cli(capsys, "plot", region_out, "--stream", "cam-a", "--region", "sidewalk")
+    assert code == 0, err
+    target = region_out / "plots" / "job-q" / "cam-a" / "region-sidewalk.png"
+    assert text == f"wrote {target} (region sidewalk, 2 classes, 3 frames)\n"
+    assert not (region_out / "plots" / "job-q" / "cam-a.png").exists()  # the frame's plot keeps its file
+    pts, names, fractions, title, ylabel = drawn[0]
+    assert names == ["road", "car"] and pts.tolist() == [0.0, 0.5, 1.0]
+    # sidewalk has 20 pixels: road 20, 20, 15 and car 0, 0, 5 of them (not the frame's 100, 50, 80)
+    assert fractions.tolist() == [[1.0, 0.0], [1.0, 0.0], [0.75, 0.25]]
+    assert title == "region sidewalk of stream cam-a — job job-q (3 frames)"
+    assert ylabel == "share of region"
+    with Image.open(target) as png:
+        assert png.format == "PNG" and png.size == (1200, 600)
+        image = np.asarray(png.convert("RGB"))
+    road, car = pixels_of(image, CLASS0_RGB), pixels_of(image, CLASS1_RGB)
+    assert len(road) > 300 and len(car) > 300
+    assert np.median(road[:, 0]) < np.median(car[:, 0])  # road (75-100 %) above car (0-25 %)
+
+    # the name matches case-insensitively; the stored spelling names the file and the title
+    drawn.clear()
+    code, text, err = run_cli(capsys, "plot", region_out, "--stream", "cam-a", "--region", "LANE")
+    assert code == 0, err
+    assert f"wrote {region_out / 'plots' / 'job-q' / 'cam-a' / 'region-lane.png'} (region lane," in text
+    assert drawn[0][2].tolist() == [[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]]  # lane: 40 pixels
+    assert drawn[0][3].startswith("region lane of stream cam-a")
+
+
+def test_region_plot_of_a_chosen_job_and_file(region_out: Path, capsys) -> None:
+    write_outputs(region_out, {"cam-a": (["water"], [[10], [20]])}, job_id="job-two")
+    write_regions(region_out, {"cam-a": (["water"], {"pier": [[7], [7]]})}, job_id="job-two")
+    target = region_out / "charts" / "pier.png"
+    code, text, err = run_cli(
+        capsys,
+        "plot",
+        region_out,
+        "--stream",
+        "cam-a",
+        "--job",
+        "job-two",
+        "--region",
+        "pier",
+        "--output",
+        target,
+    )
+    assert code == 0, err
+    assert text == f"wrote {target} (region pier, 1 class, 2 frames)\n"
+    with Image.open(target) as png:
+        assert png.size == (1200, 600)
+    # job-q has no region pier: its regions are listed, not job-two's
+    code, text, err = run_cli(
+        capsys, "plot", region_out, "--stream", "cam-a", "--job", "job-q", "--region", "pier"
+    )
+    assert code == 2 and text == ""
+    assert (
+        err
+        == "sanstream plot: no region 'pier' in stream 'cam-a' of job job-q; its regions: lane, sidewalk\n"
+    )
+
+
+def test_unknown_region_or_a_stream_without_regions_is_a_clear_error(region_out: Path, capsys) -> None:
+    code, text, err = run_cli(capsys, "plot", region_out, "--stream", "cam-a", "--region", "road")
+    assert code == 2 and text == ""
+    assert (
+        err
+        == "sanstream plot: no region 'road' in stream 'cam-a' of job job-q; its regions: lane, sidewalk\n"
+    )
+    code, text, err = run_cli(capsys, "plot", region_out, "--stream", "cam-b", "--region", "lane")
+    assert code == 2 and text == "" and "Traceback" not in err
+    assert err.startswith("sanstream plot: stream 'cam-b' of job job-q has no regions")
+    # an unknown stream or job reads as it does without --region
+    code, _, err = run_cli(capsys, "plot", region_out, "--stream", "cam-z", "--region", "lane")
+    assert code == 2
+    assert err.strip() == f"sanstream plot: no stream 'cam-z' in {region_out}; streams present: cam-a, cam-b"
+    code, _, err = run_cli(
+        capsys, "plot", region_out, "--stream", "cam-a", "--job", "job-x", "--region", "lane"
+    )
+    assert code == 2 and "job 'job-x' wrote no rows for stream 'cam-a'; jobs that did: job-q" in err
+    assert not (region_out / "plots").exists()
+
+
+def test_region_file_names_are_safe_and_distinct() -> None:
+    assert plot.region_file_name("lane-1") == "region-lane-1.png"
+    odd = [plot.region_file_name(name) for name in ("a/b", "a b", "..", "Gate 3 (north)")]
+    assert len(set(odd)) == len(odd)
+    assert all("/" not in name and " " not in name and not name.startswith(".") for name in odd)
+    assert odd[3].startswith("region-Gate_3_north-") and odd[3].endswith(".png")

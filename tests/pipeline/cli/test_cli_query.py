@@ -17,6 +17,7 @@ from pipeline.cli.main import main
 from pipeline.frames import FrameAreas
 from pipeline.storage.rows import class_area_table, frame_rows, vocabulary_rows
 from pipeline.storage.writer import PartWriter
+from tests.pipeline.storage.test_query_regions import write_regions
 
 JOB = "job-q"
 # Per stream: vocabulary and per-frame pixel counts on a 10x10 frame, at 2 frames per second.
@@ -211,3 +212,104 @@ def test_query_in_a_real_process(out: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["px", str(3 * 100 + 2 * 100)]
+
+
+# Per region of cam-a, (frames, mean, max) per class, computed by hand from
+# tests.pipeline.storage.test_query_regions.REGIONS (lane: 40 pixels, sidewalk: 20).
+EXPECTED_REGIONS = [
+    ["cam-a", "lane", "road", "3", "58.3%", "100.0%"],  # (40 + 20 + 10) / 40 / 3
+    ["cam-a", "lane", "car", "3", "41.7%", "75.0%"],  # (0 + 20 + 30) / 40 / 3
+    ["cam-a", "sidewalk", "road", "3", "91.7%", "100.0%"],  # (20 + 20 + 15) / 20 / 3
+    ["cam-a", "sidewalk", "car", "3", "8.3%", "25.0%"],  # (0 + 0 + 5) / 20 / 3
+]
+REGION_HEADING = "per region: share of the region per class over time"
+
+
+def test_summary_prints_a_region_table_when_regions_exist(out: Path, capsys) -> None:
+    write_regions(out)
+    code, text, err = run_cli(capsys, "query", out)
+    assert code == 0, err
+    frame_part, region_part = text.split(REGION_HEADING)
+    assert frame_part.startswith(f"share of the frame per class over time, {out}:")
+    rows = table_rows(frame_part)  # the per-class table is unchanged
+    assert {(r[0], r[1]): (int(r[2]), r[3], r[4]) for r in rows} == EXPECTED
+    assert region_part.startswith(f", {out}:")
+    assert table_rows(region_part) == EXPECTED_REGIONS
+    assert "region" in region_part.splitlines()[2]  # the header names the region column
+
+
+def test_without_regions_the_summary_looks_as_before(out: Path, capsys) -> None:
+    code, before, _ = run_cli(capsys, "query", out)
+    assert code == 0 and REGION_HEADING not in before
+    assert before.startswith(f"share of the frame per class over time, {out}:")
+    assert len(table_rows(before)) == len(EXPECTED) and "region" not in before.splitlines()[2]
+    # regions of another job only: --job on this one prints exactly what it printed before
+    write_regions(out, job_id="job-other")
+    code, text, _ = run_cli(capsys, "query", out, "--job", JOB)
+    assert code == 0 and text == before
+    code, text, _ = run_cli(capsys, "query", out, "--job", "job-other")
+    assert code == 0 and "no class areas of job job-other" in text
+    assert table_rows(text.split(REGION_HEADING)[1]) == EXPECTED_REGIONS
+
+
+def test_regions_flag_prints_only_the_region_summary(out: Path, capsys) -> None:
+    write_regions(out)
+    code, text, err = run_cli(capsys, "query", out, "--regions")
+    assert code == 0, err
+    assert "share of the frame" not in text and text.startswith(REGION_HEADING)
+    assert table_rows(text) == EXPECTED_REGIONS
+    code, text, _ = run_cli(capsys, "query", out, "--regions", "--json")
+    rows = json.loads(text)
+    assert [(r["region"], r["class_name"], r["frames"]) for r in rows] == [
+        ("lane", "road", 3),
+        ("lane", "car", 3),
+        ("sidewalk", "road", 3),
+        ("sidewalk", "car", 3),
+    ]
+    assert [r["mean_fraction"] for r in rows] == pytest.approx([70 / 120, 50 / 120, 55 / 60, 5 / 60])
+    assert [r["max_fraction"] for r in rows] == pytest.approx([1.0, 0.75, 1.0, 0.25])
+    code, text, _ = run_cli(capsys, "query", out, "--regions", "--csv")
+    lines = text.splitlines()
+    assert lines[0] == "job_id,stream_id,region,class_id,class_name,frames,mean_fraction,max_fraction"
+    assert [line.split(",")[:6] for line in lines[1:]] == [
+        [JOB, *row[:2], str(cid), *row[2:4]] for row, cid in zip(EXPECTED_REGIONS, (0, 1, 0, 1), strict=True)
+    ]
+    # the default --json/--csv output stays the per-class summary
+    code, text, _ = run_cli(capsys, "query", out, "--json")
+    assert "region" not in json.loads(text)[0] and len(json.loads(text)) == len(EXPECTED)
+
+
+def test_regions_flag_without_regions_or_with_sql(out: Path, capsys) -> None:
+    code, text, _ = run_cli(capsys, "query", out, "--regions")
+    assert code == 0 and f"no region areas in {out} yet" in text
+    code, text, _ = run_cli(capsys, "query", out, "--regions", "--json")
+    assert code == 0 and json.loads(text) == []
+    code, text, _ = run_cli(capsys, "query", out, "--regions", "--job", "job-none")
+    assert code == 0 and "no region areas of job job-none" in text
+    code, text, err = run_cli(capsys, "query", out, "SELECT 1", "--regions")
+    assert code == 2 and text == "" and "--regions" in err and "takes no SQL" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_region_tables_fit_80_columns_over_several_jobs(out: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    jobs = [f"job-20261202-1616{i:02d}-a4986{i}" for i in range(2)]
+    long_region = "north-gate-entrance-lane-with-a-long-name"
+    vocab = ["road", "vegetation, shrubs and grass"]
+    for job in jobs:
+        write_outputs(out, {"camera-north-gate": (["road"], [[100], [100]])}, job_id=job)
+        write_regions(out, {"camera-north-gate": (vocab, {long_region: [[3, 1], [1, 1]]})}, job_id=job)
+    code, text, err = run_cli(capsys, "query", out)
+    assert code == 0, err
+    lines = text.split(REGION_HEADING)[1].splitlines()[1:]  # below the heading (which names OUT)
+    assert lines and all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    # one table per job, titled with the whole job id (copied into --job: never folded)
+    assert [line.strip() for line in lines if line.strip().startswith("job ")] == [f"job {j}" for j in jobs]
+    rows = table_rows("\n".join(lines))
+    assert sum("62.5%" in r and "75.0%" in r for r in rows) == 2  # road: (3/4 + 1/2) / 2
+    assert sum("37.5%" in r and "50.0%" in r for r in rows) == 2  # vegetation: (1/4 + 1/2) / 2
+    # folded, never cut: the first row's stream, region and class read whole from their pieces
+    first = rows[: next(i for i, r in enumerate(rows[1:], 1) if r[3])]  # up to the second class row
+    assert ["".join(r[col] for r in first) for col in (0, 1)] == ["camera-north-gate", long_region]
+    assert " ".join(r[2] for r in rows[len(first) :] if r[2]).startswith("vegetation, shrubs and grass")
+    assert "…" not in text

@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import dataclasses
+
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.alerts import AlertEvent
 from pipeline.storage.query import connect, run_sql, summary
-from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
+from pipeline.storage.rows import (
+    class_area_table,
+    frame_rows,
+    records_table,
+    region_area_table,
+    vocabulary_rows,
+)
 from pipeline.storage.schema import TABLES, job_dir
+from pipeline.storage.stream_alerts import EventRecord
 from pipeline.storage.writer import PartWriter
 
 # Per stream: vocabulary and per-frame pixel counts on a 10x10 frame.
@@ -64,6 +75,14 @@ def view_types(con, name: str) -> list[tuple[str, str]]:
 
 def write_one_row_per_table(out, make_areas, stream_id="cam-a", job_id="job-1"):
     areas = [make_areas(stream_id, 0, [60, 40])]
+    regional = [
+        dataclasses.replace(
+            areas[0], region_names=("lane",), region_pixels=np.array([[30, 10]], dtype=np.int64)
+        )
+    ]
+    event = EventRecord(
+        0, 0, AlertEvent("wet:0.0", "wet", "lane", "sky", "open", 0.0, 100.0, None, None, 0.75, 0.0, 100.0)
+    )
     gap = {"start_pts": 1.0, "end_pts": 2.0, "start_wall": 10.0, "end_wall": 11.0, "reason": "reconnect"}
     error = {"time": 5.0, "kind": "decode", "message": "boom"}
     for table, rows in {
@@ -72,6 +91,8 @@ def write_one_row_per_table(out, make_areas, stream_id="cam-a", job_id="job-1"):
         "vocabularies": vocabulary_rows(job_id, stream_id, ["sky", "car"]),
         "errors": records_table("errors", [{"job_id": job_id, "stream_id": stream_id, **error}]),
         "gaps": records_table("gaps", [{"job_id": job_id, "stream_id": stream_id, **gap}]),
+        "region_areas": region_area_table(regional, {1: ["sky", "car"]}, job_id),
+        "events": records_table("events", [event.row(job_id, stream_id)]),
     }.items():
         with PartWriter(out, table, job_id, stream_id) as writer:
             writer.append(rows)

@@ -8,6 +8,7 @@ only staged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +21,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.alerts import AlertEvent
 from pipeline.frames import FrameAreas
 from pipeline.storage.query import connect
-from pipeline.storage.rows import class_area_table, frame_rows, records_table, vocabulary_rows
+from pipeline.storage.rows import (
+    class_area_table,
+    frame_rows,
+    records_table,
+    region_area_table,
+    vocabulary_rows,
+)
 from pipeline.storage.schema import STAGING_DIR, TABLES, staging_dir
+from pipeline.storage.stream_alerts import EventRecord
 from pipeline.storage.writer import PartWriter
 
 JOBS = ["job-a", "20240102"]  # a job id that looks like a number must stay a string too
@@ -45,6 +54,15 @@ def table_rows(job_id: str, stream_id: str, offset: int) -> dict[str, pa.Table]:
         for i in range(FRAMES_PER_STREAM)
     ]
     ids = {"job_id": job_id, "stream_id": stream_id}
+    regional = [
+        dataclasses.replace(
+            a, region_names=("lane", "007"), region_pixels=np.array([[5, 3, 2], [1, 1, 2 + i]])
+        )
+        for i, a in enumerate(areas)
+    ]
+    event = AlertEvent(
+        "wet:1.0", "wet", "lane", "road", "closed", 1.0, 99.0, 1.5, 99.5, 0.5 + offset, 1.5, 99.5
+    )
     return {
         "class_areas": class_area_table(areas, VOCAB, job_id),
         "frames": frame_rows(areas, [1000.0 * (offset + 1) + i for i in range(len(areas))], job_id),
@@ -69,6 +87,8 @@ def table_rows(job_id: str, stream_id: str, offset: int) -> dict[str, pa.Table]:
                 }
             ],
         ),
+        "region_areas": region_area_table(regional, {1: VOCAB}, job_id),
+        "events": records_table("events", [EventRecord(0, 3, event).row(job_id, stream_id)]),
     }
 
 
