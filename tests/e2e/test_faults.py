@@ -36,9 +36,10 @@ from pipeline.jobs.redis_server import EmbeddedRedis
 from pipeline.jobs.spec import parse_job_spec
 from pipeline.jobs.state import JobStore
 from pipeline.sample_video import write_sample_video
+from pipeline.storage.query import run_sql
 from pipeline.storage.stream_sink import StreamSink
 from tests.support.jobs import (
-    COMPARED,
+    TWO_STREAM_TABLES,
     BackgroundJob,
     sanstream,
     table_rows,
@@ -46,6 +47,7 @@ from tests.support.jobs import (
     wait_for_progress,
 )
 from tests.support.processes import ProcessKey, descendants, follow, redis_servers_under, wait_gone
+from tests.support.receiver import running_receiver
 
 SAMPLED = {"alpha": 40, "beta": 30}  # frames each stream analyses (every frame of 4 s and 3 s at 10 fps)
 RNG = random.Random(20261126)
@@ -110,8 +112,18 @@ def reference(
         pool=pool,
     )
     assert outcome.status == "completed"
-    rows = {table: table_rows(out, table) for table in COMPARED}
+    rows = {table: table_rows(out, table) for table in TWO_STREAM_TABLES}
     assert len(rows["frames"]) == sum(SAMPLED.values())
+    # The tiny random model labels every pixel alike: each alert opens once its for_s has passed and is
+    # still open when its stream ends, so every fault below lands before, inside or after an open event.
+    events = [(row[0], row[3], row[6], row[7], row[8], row[10]) for row in rows["events"]]
+    assert events == [
+        ("alpha", "parked", "open", 0.0, None, 10),
+        ("alpha", "parked", "ended", 0.0, 3.9, 39),
+        ("beta", "lawn", "open", 0.0, None, 5),
+        ("beta", "lawn", "ended", 0.0, 2.9, 29),
+    ]
+    assert len(rows["region_areas"]) == 3 * 3 * SAMPLED["alpha"]
     return rows
 
 
@@ -247,7 +259,7 @@ def test_output_after_a_fault_equals_the_undisturbed_run(
     outcome = run_with_fault(tmp_path, f"fault-{kind}-{point}", fault_videos, point, inject, pool)
     assert outcome.status == "completed", outcome
     assert {s.status for s in outcome.streams.values()} == {"completed"}
-    for table in COMPARED:
+    for table in TWO_STREAM_TABLES:
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after killing the {kind}"
     if kind in ("writer", "replica") or kind.startswith(("crash", "zombie")):
         assert outcome.streams["alpha"].recoveries >= 1 or outcome.streams["beta"].recoveries >= 1
@@ -303,5 +315,90 @@ def test_a_killed_driver_leaves_nothing_running_and_resume_finishes_the_job_exac
         output
     )
     wait_gone(resumed_started, tmp_path, timeout_s=5)  # gone when the command returns, or right after
-    for table in COMPARED:
+    for table in TWO_STREAM_TABLES:
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after the resume"
+
+
+# ------------------------------------------------------------------------------ regions and alert webhooks
+
+
+def centres_inside_triangle(points: list[tuple[int, int]], width: int, height: int) -> int:
+    """Pixels whose centre is inside the triangle, by exact arithmetic (the documented rule; none of the
+    centres of this frame lies on an edge), independently of `pipeline.regions`."""
+    (ax, ay), (bx, by), (cx, cy) = points
+
+    def side(px: float, py: float, x0: int, y0: int, x1: int, y1: int) -> float:
+        return (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+
+    count = 0
+    for j in range(height):
+        for i in range(width):
+            x, y = i + 0.5, j + 0.5
+            signs = [side(x, y, ax, ay, bx, by), side(x, y, bx, by, cx, cy), side(x, y, cx, cy, ax, ay)]
+            assert all(s != 0 for s in signs)
+            count += all(s > 0 for s in signs) or all(s < 0 for s in signs)
+    return count
+
+
+def test_regions_split_the_frame_and_overlapping_regions_both_count(
+    reference: dict[str, list[tuple]],
+) -> None:
+    """alpha (96 x 64) has left and right halves and a `roof` triangle over both (spec in tests/support)."""
+    frame_pixels = {(f, c): pixels for s, f, _, c, _, pixels, _ in reference["class_areas"] if s == "alpha"}
+    region_pixels: dict[tuple[int, str], int] = {}
+    halves: dict[tuple[int, int], int] = {}
+    for _, frame, _, region, class_id, _, pixels, _ in reference["region_areas"]:
+        region_pixels[frame, region] = region_pixels.get((frame, region), 0) + pixels
+        if region in ("left", "right"):
+            halves[frame, class_id] = halves.get((frame, class_id), 0) + pixels
+    assert halves == frame_pixels  # every frame and class: left + right == the whole frame
+    roof = centres_inside_triangle([(10, 0), (60, 0), (35, 30)], 96, 64)
+    for frame in range(SAMPLED["alpha"]):
+        assert region_pixels[frame, "left"] == region_pixels[frame, "right"] == 48 * 64
+        assert region_pixels[frame, "roof"] == roof  # also counted in left and right: regions overlap
+
+
+def webhook_job(out: Path, job_id: str, videos: dict[str, Path], webhook: dict[str, Any]) -> Any:
+    data = spec_for(out, job_id, videos).to_dict()
+    return parse_job_spec({**data, "webhook": webhook})
+
+
+def test_a_webhook_failing_at_first_still_receives_every_event_once(
+    reference: dict[str, list[tuple]], pool: Any, fault_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    with running_receiver() as receiver:
+        receiver.fail_first = 2
+        webhook = {"url": receiver.url, "timeout_s": 5, "backoff_s": 0.05, "max_backoff_s": 0.2}
+        spec = webhook_job(tmp_path, "hooked", fault_videos, webhook)
+        outcome = run_job(spec, settings=SETTINGS, show_progress=False, commit_interval_s=0.3, pool=pool)
+        assert outcome.status == "completed", outcome
+        events = table_rows(tmp_path, "events")
+        assert events == reference["events"]
+        delivered = receiver.delivered_keys()
+        assert sorted(delivered) == sorted(f"hooked/{row[0]}/{row[1]}" for row in events)  # each once
+        assert [key for key, status in receiver.attempts[:2]] == [delivered[0]] * 2  # retried, not lost
+        bodies = {(body["stream_id"], body["sequence"]): body for body in receiver.bodies}
+        for stream, sequence, event_id, rule, *_ in events:
+            body = bodies[stream, sequence]
+            assert (body["job_id"], body["event_id"], body["rule"]) == ("hooked", event_id, rule)
+    assert not run_sql(tmp_path, "SELECT * FROM errors WHERE kind = 'webhook'").num_rows
+
+
+def test_a_webhook_that_never_answers_does_not_hold_the_streams(
+    pool: Any, fault_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each request would hang for a minute; the streams run at their own pace, and what was not
+    delivered when they ended is reported (it is in the events table)."""
+    with running_receiver() as receiver:
+        receiver.hang = True
+        spec = webhook_job(tmp_path, "unheard", fault_videos, {"url": receiver.url, "timeout_s": 60})
+        started = time.monotonic()
+        outcome = run_job(spec, settings=SETTINGS, show_progress=False, commit_interval_s=0.3, pool=pool)
+        elapsed = time.monotonic() - started
+        assert outcome.status == "completed", outcome
+        assert receiver.got_request.is_set()
+    assert elapsed < 50, f"the job took {elapsed:.0f} s: the streams waited for the webhook"
+    assert len(table_rows(tmp_path, "frames")) == sum(SAMPLED.values())
+    reported = run_sql(tmp_path, "SELECT stream_id, message FROM errors WHERE kind = 'webhook'").to_pylist()
+    assert {row["stream_id"] for row in reported} == {"alpha", "beta"}
+    assert all("not delivered" in row["message"] for row in reported), reported

@@ -37,7 +37,7 @@ from pipeline.jobs.state import JobStore
 from pipeline.jobs.takeover import DriverReplacedError
 from pipeline.sample_video import write_sample_video
 from tests.support.jobs import (
-    COMPARED,
+    TWO_STREAM_TABLES,
     BackgroundJob,
     continue_job,
     sanstream,
@@ -76,7 +76,7 @@ def reference(
     spec = parse_job_spec(two_stream_job(out, "ref", clips))
     outcome = run_job(spec, settings=SETTINGS, show_progress=False, commit_interval_s=0.3)
     assert outcome.status == "completed"
-    rows = {table: table_rows(out, table) for table in COMPARED}
+    rows = {table: table_rows(out, table) for table in TWO_STREAM_TABLES}
     assert len(rows["frames"]) == sum(SAMPLED.values())
     return rows
 
@@ -163,7 +163,7 @@ def test_signal_interrupts_cleanly_and_the_job_continues_exactly_once(
     assert {info["status"] for info in store.snapshot(job_id)["streams"].values()} == {"completed"}
     # One fencing token per lease taken: the first driver, the refused changed spec (run-again), this one.
     assert store.r.hget(f"sanstream:job:{job_id}", "lease_token") == ("3" if how == "run-again" else "2")
-    for table in COMPARED:
+    for table in TWO_STREAM_TABLES:
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after {how}"
 
 

@@ -22,12 +22,29 @@ COMPARED = {
     "class_areas": "stream_id, frame_index, pts_seconds, class_id, class_name, pixels, fraction",
     "frames": "stream_id, frame_index, pts_seconds, width, height",
 }
+#: What `two_stream_job` also writes (alpha has regions, both streams have an alert that opens and is
+#: still open when the stream ends); wall times differ from run to run and are left out.
+ALERT_COMPARED = {
+    "region_areas": "stream_id, frame_index, pts_seconds, region, class_id, class_name, pixels, fraction",
+    "events": "stream_id, sequence, event_id, rule, region, class_name, status, start_pts, end_pts, peak, "
+    "frame_index, pts_seconds",
+}
+TWO_STREAM_TABLES = {**COMPARED, **ALERT_COMPARED}
+_ORDER = {
+    "class_areas": "stream_id, frame_index, class_id",
+    "frames": "stream_id, frame_index",
+    "region_areas": "stream_id, frame_index, region, class_id",
+    "events": "stream_id, sequence",
+}
 
 
 def two_stream_job(
     out: Path, job_id: str, videos: dict[str, Path], vocabulary: list[str] | None = None
 ) -> dict[str, Any]:
-    """A job spec (as data) over videos `alpha` and `beta`, every frame, on the tiny random model."""
+    """A job spec (as data) over videos `alpha` and `beta`, every frame, on the tiny random model; alpha
+    has regions (left and right halves, and a triangle over both) and an alert on its left half (with the
+    default vocabulary), beta an alert on the whole frame: both open after a while and stay open."""
+    alpha_vocabulary = vocabulary or ["sky", "road", "car"]
     return {
         "job_id": job_id,
         "model": {"name": "san_tiny_test", "weights": "random"},
@@ -36,14 +53,25 @@ def two_stream_job(
             {
                 "id": "alpha",
                 "source": str(videos["alpha"]),
-                "vocabulary": vocabulary or ["sky", "road", "car"],
+                "vocabulary": alpha_vocabulary,
                 "sampling": {"every": 1},
+                "regions": [
+                    {"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]},
+                    {"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]},
+                    {"name": "roof", "polygon": [[10, 0], [60, 0], [35, 30]], "units": "pixels"},
+                ],
+                "alerts": [
+                    {"name": "parked", "region": "left", "class": "car", "above": 0.5, "for_s": 1.0}
+                ]
+                if "car" in alpha_vocabulary
+                else [],
             },
             {
                 "id": "beta",
                 "source": str(videos["beta"]),
                 "vocabulary": ["water", "grass"],
                 "sampling": {"every": 1},
+                "alerts": [{"name": "lawn", "class": "grass", "above": 0.5, "for_s": 0.5}],
             },
         ],
         "serve": {"batch_size": 4, "batch_wait_timeout_s": 0.05},
@@ -53,8 +81,8 @@ def two_stream_job(
 def table_rows(out: Path, table: str) -> list[tuple]:
     """Every job's rows of `table` under `out` through a plain DuckDB glob, as any reader sees them."""
     return duckdb.sql(
-        f"SELECT {COMPARED[table]} FROM read_parquet('{out}/{table}/**/*.parquet') "
-        "ORDER BY stream_id, frame_index" + (", class_id" if table == "class_areas" else "")
+        f"SELECT {TWO_STREAM_TABLES[table]} FROM read_parquet('{out}/{table}/**/*.parquet') "
+        f"ORDER BY {_ORDER[table]}"
     ).fetchall()
 
 
