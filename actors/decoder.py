@@ -60,6 +60,7 @@ from pipeline.decode import (
     SourceOptions,
     VideoDecoder,
 )
+from pipeline.decode.compact import compact_frame
 from pipeline.decode.pacing import paced
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
@@ -179,7 +180,7 @@ class StreamRunner:
             for frame in source:
                 if stop.is_set():
                     break
-                frames.put(frame)
+                frames.put(compact_frame(frame) if self.settings.compact_frames else frame)
         except QueueClosed:
             pass
         except BaseException as error:
@@ -409,7 +410,7 @@ class StreamRunner:
         """Check the stream's regions against each new frame size before a frame of it reaches the pool:
         a region outside the frame (pixel units) or covering no pixel fails this stream alone, with a
         message naming the region, instead of a replica batch shared with other streams."""
-        size = frame.image.shape[1], frame.image.shape[0]
+        size = frame.size[1], frame.size[0]
         if self.stream.regions and size != self._region_size:
             check_regions(self.stream.regions, *size)
             self._region_size = size
@@ -502,4 +503,5 @@ def _request(
         return_labels=return_labels,
         vocabulary_version=version,
         regions=regions,
+        original_size=frame.original_size,
     )

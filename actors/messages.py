@@ -15,8 +15,10 @@ from pipeline.regions import RegionSpec
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array; `regions` are the
-    stream's regions, whose class areas the replica counts too (it caches their masks per frame size)."""
+    """One frame to segment. `image` is an ObjectRef to an H x W x 3 uint8 array: the decoded frame, or
+    the frame compacted to the model's input size when `original_size` (height, width) is set; `regions`
+    are the stream's regions, whose class areas the replica counts too (it caches their masks per frame
+    size)."""
 
     stream_id: str
     frame_index: int
@@ -27,6 +29,7 @@ class SegmentRequest:
     return_labels: bool = False
     vocabulary_version: int = 1
     regions: tuple[RegionSpec, ...] = ()
+    original_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+#: Batches a replica holds at once: while one computes, the next fetches its frames from the object store
+#: (and is formed by Serve), so the device never waits for a fetch between batches.
+CONCURRENT_BATCHES = 2
+#: Of those, how many compute at once, by whether the replica has a GPU: on CUDA two batches overlap one's
+#: copies and post-processing with the other's forward pass; on CPU they would only split the cores.
+COMPUTING_BATCHES = {True: 2, False: 1}
 #: Streams x frame sizes whose region masks a replica keeps (a mask is one byte per pixel per region).
 REGION_MASKS_CACHED = 64
 
@@ -81,30 +87,38 @@ class SegmentationReplica:
         self._region_masks = RegionMasks(max_entries=REGION_MASKS_CACHED)
         # Batch figures for `/metrics` (Redis, when the job store is given) and Ray's metrics.
         self._recorder = ReplicaRecorder(self.name, redis_url)
+        # Batches computing at once (see CONCURRENT_BATCHES); the others fetch their frames meanwhile.
+        self._computing = asyncio.Semaphore(COMPUTING_BATCHES[target.type == "cuda"])
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=CONCURRENT_BATCHES)
     async def segment(self, requests: list[SegmentRequest]) -> list[SegmentReply]:
         # Monitoring: returns at once; the queue depth and the Redis write follow in the background.
         self._recorder.batch(len(requests), oldest_wait_seconds(r.wall_time for r in requests))
         images: list[np.ndarray] = await asyncio.gather(*(request.image for request in requests))
         want_labels = any(request.return_labels for request in requests)
-        regions = [
-            self._region_masks.stacked(r.regions, image.shape[1], image.shape[0]) if r.regions else None
+        sizes = [
+            r.original_size or (image.shape[0], image.shape[1])
             for r, image in zip(requests, images, strict=True)
         ]
+        regions = [
+            self._region_masks.stacked(r.regions, width, height) if r.regions else None
+            for r, (height, width) in zip(requests, sizes, strict=True)
+        ]
         # The forward pass runs in a worker thread so the event loop keeps queueing the next batch.
-        results = await asyncio.to_thread(
-            self.segmenter.segment,
-            images,
-            [r.vocabulary for r in requests],
-            return_labels=want_labels,
-            regions=regions if any(m is not None for m in regions) else None,
-        )
+        async with self._computing:
+            results = await asyncio.to_thread(
+                self.segmenter.segment,
+                images,
+                [r.vocabulary for r in requests],
+                return_labels=want_labels,
+                regions=regions if any(m is not None for m in regions) else None,
+                original_sizes=[r.original_size for r in requests],
+            )
         done = time.time()
         number = next(self._batches)
         streams = tuple(r.stream_id for r in requests)
         replies = []
-        for request, image, result in zip(requests, images, results, strict=True):
+        for request, (height, width), result in zip(requests, sizes, results, strict=True):
             labels = None
             if request.return_labels and result.labels is not None:
                 labels = result.labels.astype(np.uint8 if len(request.vocabulary) <= 255 else np.uint16)
@@ -112,8 +126,8 @@ class SegmentationReplica:
                 stream_id=request.stream_id,
                 frame_index=request.frame_index,
                 pts_seconds=request.pts_seconds,
-                height=image.shape[0],
-                width=image.shape[1],
+                height=height,
+                width=width,
                 pixels=result.areas,
                 latency_seconds=done - request.wall_time,
                 labels=labels,

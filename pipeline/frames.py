@@ -22,6 +22,8 @@ class Frame:
         pts_seconds: presentation time on the source's timeline (PTS x time base).
         image: H x W x 3 uint8 RGB pixels, rotation metadata already applied.
         wall_time: `time.time()` when the frame left the decoder; for live sources this is the arrival time.
+        original_size: (height, width) of the decoded frame when `image` was compacted to the model's
+            input size (`pipeline.decode.compact`); None when `image` is the decoded frame itself.
     """
 
     stream_id: str
@@ -29,6 +31,12 @@ class Frame:
     pts_seconds: float
     image: np.ndarray
     wall_time: float
+    original_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the decoded frame, whether or not `image` was compacted."""
+        return self.original_size or (int(self.image.shape[0]), int(self.image.shape[1]))
 
 
 @dataclass(frozen=True, slots=True)

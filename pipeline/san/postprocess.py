@@ -9,6 +9,7 @@ the 100 x 1080 x 1920 float tensor at once, which is what lets full-resolution c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,11 +21,15 @@ from pipeline.san.preprocess import ImageGeometry
 BAND_ELEMENTS = 32 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=256)
 def resize_matrix(
     mask_len: int, padded: int, resized: int, original: int, device: torch.device
 ) -> torch.Tensor:
     """[original, mask_len] matrix equal to: linear upsample to `padded`, crop to `resized`, linear resize to
-    `original` (align_corners False), along one axis."""
+    `original` (align_corners False), along one axis.
+
+    Cached (read-only: callers never write to it): a stream's frames share one size, and building the
+    matrix in float64 for every image cost more than applying it."""
     eye = torch.eye(mask_len, device=device, dtype=torch.float64)[None]
     up = F.interpolate(eye, size=padded, mode="linear", align_corners=False)[..., :resized]
     if resized != original:

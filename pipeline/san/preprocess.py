@@ -16,9 +16,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-SHORT_SIDE = 640
-MAX_LONG_SIDE = 2560
-SIZE_DIVISIBILITY = 32
+from pipeline.frame_size import MAX_LONG_SIDE, SHORT_SIDE, SIZE_DIVISIBILITY, padded_size, resized_size
+
+__all__ = [
+    "MAX_LONG_SIDE",
+    "SHORT_SIDE",
+    "SIZE_DIVISIBILITY",
+    "ImageError",
+    "ImageGeometry",
+    "Resizer",
+    "check_image",
+    "choose_resizer",
+    "geometry",
+    "normalize_and_pad",
+    "padded_size",
+    "resize_pil",
+    "resize_torch",
+    "resized_size",
+]
+
 # OpenAI CLIP statistics on the 0..255 scale.
 PIXEL_MEAN = (0.48145466 * 255.0, 0.4578275 * 255.0, 0.40821073 * 255.0)
 PIXEL_STD = (0.26862954 * 255.0, 0.26130258 * 255.0, 0.27577711 * 255.0)
@@ -37,23 +53,6 @@ class ImageGeometry:
     original: tuple[int, int]
     resized: tuple[int, int]
     padded: tuple[int, int]
-
-
-def resized_size(
-    height: int, width: int, short: int = SHORT_SIDE, max_long: int = MAX_LONG_SIDE
-) -> tuple[int, int]:
-    """detectron2 `ResizeShortestEdge` sizes: scale the short side to `short`, cap the long side at
-    `max_long`, round half up."""
-    scale = short / min(height, width)
-    new_h, new_w = height * scale, width * scale
-    if max(new_h, new_w) > max_long:
-        rescale = max_long / max(new_h, new_w)
-        new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def padded_size(height: int, width: int, divisor: int = SIZE_DIVISIBILITY) -> tuple[int, int]:
-    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
 
 
 def geometry(height: int, width: int) -> ImageGeometry:

@@ -20,8 +20,9 @@ import open_clip
 import torch
 
 from pipeline.san.model import SAN
-from pipeline.san.postprocess import class_probabilities, postprocess
+from pipeline.san.postprocess import PostprocessResult, class_probabilities, postprocess
 from pipeline.san.preprocess import (
+    ImageError,
     ImageGeometry,
     Resizer,
     check_image,
@@ -61,6 +62,53 @@ class Segmentation:
     areas: np.ndarray
     scores: np.ndarray | None = None
     region_areas: np.ndarray | None = None
+
+
+def _geometry(image: np.ndarray, original: tuple[int, int] | None, index: int) -> ImageGeometry:
+    """The image's geometry; a compacted image must have the input size its original size gives."""
+    if original is None:
+        return geometry(image.shape[0], image.shape[1])
+    geom = geometry(*original)
+    if tuple(image.shape[:2]) != geom.resized:
+        raise ImageError(
+            f"images[{index}] is {image.shape[0]} x {image.shape[1]}, but a compacted {original[0]} x "
+            f"{original[1]} frame is {geom.resized[0]} x {geom.resized[1]} (pipeline.decode.compact)"
+        )
+    return geom
+
+
+def _counts_to_host(results: Sequence[PostprocessResult]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Every image's class counts (and region counts) in one device-to-host copy: a copy per image would
+    stall the device once per image of the batch."""
+    if not results:
+        return []
+    parts = [result.areas for result in results]
+    parts += [result.region_areas.reshape(-1) for result in results if result.region_areas is not None]
+    flat = torch.cat(parts).cpu().numpy()
+    counts: list[tuple[np.ndarray, np.ndarray | None]] = []
+    offset = 0
+    for result in results:
+        counts.append((flat[offset : offset + result.areas.numel()], None))
+        offset += result.areas.numel()
+    for i, result in enumerate(results):
+        if result.region_areas is not None:
+            size = result.region_areas.numel()
+            counts[i] = (counts[i][0], flat[offset : offset + size].reshape(result.region_areas.shape))
+            offset += size
+    return counts
+
+
+def _to_host(
+    vocabulary: Vocabulary, result: PostprocessResult, counts: tuple[np.ndarray, np.ndarray | None]
+) -> Segmentation:
+    areas, region_areas = counts
+    return Segmentation(
+        vocabulary=vocabulary,
+        labels=None if result.labels is None else result.labels.to(torch.int32).cpu().numpy(),
+        areas=areas,
+        scores=None if result.scores is None else result.scores.cpu().numpy(),
+        region_areas=region_areas,
+    )
 
 
 def _shared_tensor(array: np.ndarray) -> torch.Tensor:
@@ -146,11 +194,14 @@ class Segmenter:
         return_labels: bool = True,
         return_scores: bool = False,
         regions: Sequence[np.ndarray | None] | None = None,
+        original_sizes: Sequence[tuple[int, int] | None] | None = None,
     ) -> list[Segmentation]:
         """Segment `images` (H x W x 3 uint8 RGB, any sizes); image i is classified with `vocabularies[i]`.
 
         `regions[i]`, when given and not None, is a bool [R, H, W] stack of region masks of image i (see
         `pipeline.regions.RegionMasks.stacked`): its per-region class areas come back in `region_areas`.
+        `original_sizes[i]`, when given and not None, says image i was compacted to the model's input size
+        from a frame of that (height, width) (`pipeline.decode.compact`): results are at that size.
         """
         if len(images) != len(vocabularies):
             raise ValueError(
@@ -163,12 +214,17 @@ class Segmenter:
             validate_vocabulary(vocabulary, label=f"vocabularies[{index}]")
             for index, vocabulary in enumerate(vocabularies)
         ]
-        geoms = [geometry(image.shape[0], image.shape[1]) for image in checked]
+        sizes = original_sizes or [None] * len(checked)
+        if len(sizes) != len(checked):
+            raise ValueError(f"got {len(checked)} images but {len(sizes)} original sizes; give one per image")
+        geoms = [
+            _geometry(image, size, i) for i, (image, size) in enumerate(zip(checked, sizes, strict=True))
+        ]
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, geom in enumerate(geoms):
             by_size[geom.padded].append(index)
 
-        results: list[Segmentation | None] = [None] * len(checked)
+        processed: list[PostprocessResult | None] = [None] * len(checked)
         param_dtype = next(self.model.parameters()).dtype
         for padded, members in by_size.items():
             batch = normalize_and_pad([self._prepare(checked[i], geoms[i]) for i in members], padded)
@@ -178,7 +234,7 @@ class Segmenter:
             for slot, index in enumerate(members):
                 logits = embeddings[slot] @ self.classifiers.get(vocabs[index]).T
                 masks = None if regions is None else regions[index]
-                processed = postprocess(
+                processed[index] = postprocess(
                     output.mask_logits[slot],
                     class_probabilities(logits),
                     geoms[index],
@@ -186,15 +242,8 @@ class Segmenter:
                     return_scores=return_scores,
                     regions=None if masks is None else _shared_tensor(masks).to(self.device),
                 )
-                results[index] = Segmentation(
-                    vocabulary=vocabs[index],
-                    labels=None
-                    if processed.labels is None
-                    else processed.labels.to(torch.int32).cpu().numpy(),
-                    areas=processed.areas.cpu().numpy(),
-                    scores=None if processed.scores is None else processed.scores.cpu().numpy(),
-                    region_areas=None
-                    if processed.region_areas is None
-                    else processed.region_areas.cpu().numpy(),
-                )
-        return [result for result in results if result is not None]
+        done = [result for result in processed if result is not None]
+        return [
+            _to_host(vocab, result, areas)
+            for vocab, result, areas in zip(vocabs, done, _counts_to_host(done), strict=True)
+        ]

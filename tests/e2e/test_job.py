@@ -17,9 +17,11 @@ from actors.stream_config import DecoderSettings
 from pipeline.cli.main import main as cli
 from pipeline.decode import Sampler, decode_frames
 from pipeline.jobs.spec import JobSpec, parse_job_spec
+from pipeline.sample_video import write_sample_video
 from pipeline.san import Segmenter, load_checkpoint
 
 STREET = ["sky", "road", "car, automobile", "person"]
+WIDE_SIZE = (720, 1280)
 RIVER = ["water", "grass", "bridge"]
 
 
@@ -63,12 +65,21 @@ def finished(
     out = tmp_path_factory.mktemp("job-out")
     not_video = out.parent / "notes.mp4"
     not_video.write_text("this is not a video")
+    # Larger than the model's input: its decoder compacts the frames (pipeline.decode.compact).
+    wide = write_sample_video(out.parent / "wide.mp4", seconds=0.5, fps=10, size=WIDE_SIZE)
     spec = job_spec(
         out,
         videos,
         [
             {"id": "missing", "source": str(out.parent / "missing.mp4"), "vocabulary": ["x"]},
             {"id": "text", "source": str(not_video), "vocabulary": ["y"]},
+            {"id": "wide", "source": str(wide), "vocabulary": RIVER, "sampling": {"every": 3}},
+            {  # a region in pixels beyond the frame: known to be wrong only once the frame size is
+                "id": "gate",
+                "source": str(videos["street"]),
+                "vocabulary": ["z"],
+                "regions": [{"name": "gate", "polygon": [[0, 0], [5000, 0], [0, 10]], "units": "pixels"}],
+            },
         ],
     )
     outcome = run_job(
@@ -91,7 +102,13 @@ def test_good_streams_complete_and_bad_ones_fail_with_their_error(
         "river": "completed",
         "missing": "failed",
         "text": "failed",
+        "gate": "failed",
+        "wide": "completed",
     }
+    gate = outcome.streams["gate"]
+    assert (
+        gate.error_kind == "RegionError" and "region 'gate': point 1 (5000, 0) is outside the" in gate.error
+    )
     assert "no such file" in outcome.streams["missing"].error
     assert (
         outcome.streams["text"].error_kind == "NotAVideo" and str(not_video) in outcome.streams["text"].error
@@ -114,7 +131,11 @@ def test_one_row_per_sampled_frame_per_class(
             f"SELECT frame_index, class_id, class_name FROM {{areas}} WHERE stream_id = '{stream}' ORDER BY frame_index, class_id",
         )
         assert rows == [(f, c, vocabulary[c]) for f in expected[stream] for c in range(len(vocabulary))]
-    assert read(out, "SELECT DISTINCT stream_id FROM {areas} ORDER BY 1") == [("river",), ("street",)]
+    assert read(out, "SELECT DISTINCT stream_id FROM {areas} ORDER BY 1") == [
+        ("river",),
+        ("street",),
+        ("wide",),
+    ]
 
 
 def test_fractions_sum_to_one_and_time_increases(finished: tuple[JobOutcome, Path, Path]) -> None:
@@ -125,7 +146,9 @@ def test_fractions_sum_to_one_and_time_increases(finished: tuple[JobOutcome, Pat
     )
     for stream_id, _frame, total, pixels, _pts in sums:
         assert total == pytest.approx(1.0, abs=1e-12)
-        assert pixels == (96 * 128 if stream_id == "street" else 64 * 96)
+        assert (
+            pixels == {"street": 96 * 128, "river": 64 * 96, "wide": WIDE_SIZE[0] * WIDE_SIZE[1]}[stream_id]
+        )
     for stream in ("street", "river"):
         pts = [row[4] for row in sums if row[0] == stream]
         assert all(b > a for a, b in itertools.pairwise(pts))
@@ -137,13 +160,16 @@ def test_fractions_sum_to_one_and_time_increases(finished: tuple[JobOutcome, Pat
 def test_each_frame_gets_its_own_vocabulary_answer(
     finished: tuple[JobOutcome, Path, Path], videos: dict[str, Path]
 ) -> None:
-    """Pixel counts written by the pipeline equal the bare Segmenter's on the same frames and vocabulary."""
+    """Pixel counts written by the pipeline equal the bare Segmenter's on the same frames and vocabulary
+    (on the full frames: `wide`'s were compacted to the model's input size by its decoder)."""
     _, out, _ = finished
     for stream, vocabulary, sampler in (
         ("street", STREET, Sampler(fps=4)),
         ("river", RIVER, Sampler(every=3)),
+        ("wide", RIVER, Sampler(every=3)),
     ):
-        frames = list(decode_frames(videos[stream], stream, sampler))
+        source = videos[stream] if stream in videos else out.parent / "wide.mp4"
+        frames = list(decode_frames(source, stream, sampler))
         direct = bare_segmenter().segment(
             [f.image for f in frames], [vocabulary] * len(frames), return_labels=False
         )
@@ -184,11 +210,19 @@ def test_frames_and_vocabulary_tables(finished: tuple[JobOutcome, Path, Path]) -
         f"SELECT stream_id, count(*), min(width), min(height), min(latency_seconds) FROM read_parquet('{out}/frames/**/*.parquet') GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert frames[0][:4] == ("river", 8, 96, 64) and frames[1][:4] == ("street", 12, 128, 96)
+    assert frames[2][:4] == ("wide", 2, WIDE_SIZE[1], WIDE_SIZE[0])  # the original size, not the model's
     assert all(row[4] > 0 for row in frames)
     vocab = duckdb.sql(
         f"SELECT stream_id, list(class_name ORDER BY class_id) FROM read_parquet('{out}/vocabularies/**/*.parquet') GROUP BY 1 ORDER BY 1"
     ).fetchall()
-    assert dict(vocab) == {"missing": ["x"], "river": RIVER, "street": STREET, "text": ["y"]}
+    assert dict(vocab) == {
+        "gate": ["z"],
+        "missing": ["x"],
+        "river": RIVER,
+        "street": STREET,
+        "text": ["y"],
+        "wide": RIVER,
+    }
 
 
 def test_stream_errors_are_queryable_in_parquet(finished: tuple[JobOutcome, Path, Path]) -> None:
@@ -196,5 +230,9 @@ def test_stream_errors_are_queryable_in_parquet(finished: tuple[JobOutcome, Path
     rows = duckdb.sql(
         f"SELECT stream_id, kind, message FROM read_parquet('{out}/errors/**/*.parquet') ORDER BY 1"
     ).fetchall()
-    assert [(r[0], r[1]) for r in rows] == [("missing", "SourceNotFound"), ("text", "NotAVideo")]
-    assert "missing.mp4" in rows[0][2]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("gate", "RegionError"),
+        ("missing", "SourceNotFound"),
+        ("text", "NotAVideo"),
+    ]
+    assert "128x96 frame" in rows[0][2] and "missing.mp4" in rows[1][2]

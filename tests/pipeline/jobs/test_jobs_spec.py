@@ -191,6 +191,12 @@ def test_example_specs_parse():
     assert cams.streams[1].class_names == ["person", "car", "bicycle", "road", "sidewalk"]
     assert cams.serve.num_replicas == "auto" and cams.serve.autoscaling["max_replicas"] == 4
 
+    regions = load_job_spec(CONFIGS / "sample_regions.yaml")
+    [sample] = regions.streams
+    assert [r.name for r in sample.regions] == ["road", "riverbank"]
+    assert sample.alerts[0].region == "road" and sample.alerts[0].class_name == "car"
+    assert parse_job_spec(regions.to_dict()) == regions
+
 
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(JobSpecError, match="cannot read job spec"):
@@ -451,3 +457,29 @@ def test_node_decoder_slots_default_from_cpus():
     auto = DecodingSpec()
     assert [node_decoder_slots(auto, cpus) for cpus in (2, 8, 15.5, 16, 64)] == [1, 1, 1, 2, 8]
     assert node_decoder_slots(DecodingSpec(decoders_per_node=3), 64) == 3
+
+
+def test_regions_alerts_and_webhook_in_the_spec():
+    data = spec_with("streams[0].regions", [{"name": "lot", "polygon": [[0, 0], [1, 0], [1, 1]]}])
+    data["streams"][0]["alerts"] = [
+        {"name": "full", "region": "lot", "class": "CAR", "above": 0.8, "for_s": 60}
+    ]
+    data["webhook"] = {"url": "https://hooks.example.org/sanstream", "max_attempts": 3}
+    spec = parse_job_spec(data, base_dir="/specs")
+    assert spec.streams[0].alerts[0].class_name == "car"  # as the vocabulary spells it
+    assert spec.streams[1].regions == () and spec.streams[1].alerts == ()
+    assert spec.webhook is not None and spec.webhook.max_attempts == 3
+    assert parse_job_spec(spec.to_dict(), base_dir="/specs") == spec  # what a resumed job re-reads
+
+    data["streams"][0]["alerts"].append({"name": "wet", "class": "water", "above": 0.1, "region": "lots"})
+    data["streams"][0]["regions"].append({"name": "LOT", "polygon": [[0, 0], [2, 0], [0, 1]]})
+    data["webhook"] = "ftp://hooks.example.org"
+    message = error_of(data)
+    for expected in (
+        "streams[0].alerts[1].class: 'water' is not a class of the stream's vocabulary",
+        "streams[0].alerts[1].region: names no region of the stream: 'lots'; did you mean 'lot'?",
+        "streams[0].regions[1].polygon[1]: x must be within 0..1",
+        "streams[0].regions[1]",
+        "webhook",
+    ):
+        assert expected in message, message
