@@ -60,9 +60,7 @@ def two_stream_job(
                     {"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]},
                     {"name": "roof", "polygon": [[10, 0], [60, 0], [35, 30]], "units": "pixels"},
                 ],
-                "alerts": [
-                    {"name": "parked", "region": "left", "class": "car", "above": 0.5, "for_s": 1.0}
-                ]
+                "alerts": [{"name": "parked", "region": "left", "class": "car", "above": 0.5, "for_s": 1.0}]
                 if "car" in alpha_vocabulary
                 else [],
             },
