@@ -4,6 +4,7 @@ service that runs jobs all day does not keep them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,7 +81,13 @@ def test_jobs_share_the_warm_actors_the_fleet_grows_when_full_and_forgets_ended_
 
     carried_a.release()  # job-a ended: its load and its sinks go, job-b's stay, no actor is killed
     assert fleet.load == [0, 1] and ("job-a", "cam0") not in fleet.assigned
+    # The actors are told without waiting (a threaded actor may answer a later call first): poll.
+    deadline = time.monotonic() + 10
+    while ray.get(writer.streams.remote()) != ["job-b/cam0"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ray.get(writer.streams.remote()) == ["job-b/cam0"]
+    while ray.get(first_decoder.remembered.remote()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ray.get(first_decoder.remembered.remote()) == 0
     assert ray.get(first_decoder.pid.remote()) > 0  # still alive, warm for the next job
 
