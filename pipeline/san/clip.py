@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.san.canvas import Size, key_mask, resize_each
 from pipeline.san.config import ClipTextConfig, ClipVisualConfig
 
 
@@ -91,15 +92,38 @@ def resize_grid_embedding(
     return grid.permute(0, 2, 3, 1).reshape(target_hw[0] * target_hw[1], channels)
 
 
+def canvas_grid_embedding(
+    grid_embedding: torch.Tensor, source_hw: Size, grids: list[Size], canvas: Size
+) -> torch.Tensor:
+    """[B, H*W, C]: the [N, C] grid embedding resized to image b's own grid `grids[b]` (as
+    `resize_grid_embedding` does for an image alone), in the top-left corner of an H x W canvas grid of zeros.
+    """
+    channels = grid_embedding.shape[-1]
+    native = grid_embedding.reshape(1, source_hw[0], source_hw[1], channels).permute(0, 3, 1, 2)
+
+    def resize(maps: torch.Tensor, size: Size) -> torch.Tensor:
+        if size == source_hw:
+            return maps
+        return F.interpolate(maps, size=size, mode="bicubic", align_corners=False)
+
+    sources = [source_hw] * len(grids)
+    placed = resize_each(native.expand(len(grids), -1, -1, -1), sources, grids, canvas, resize)
+    return placed.flatten(2).transpose(1, 2)
+
+
 @dataclass
 class ClipFeatures:
     """CLIP token sequences [B, 1 + h*w, W] (CLS first) after selected depths, on an h x w patch grid.
 
-    `tokens[k]` is the sequence after CLIP block k-1 (`tokens[0]` right after `ln_pre`).
+    `tokens[k]` is the sequence after CLIP block k-1 (`tokens[0]` right after `ln_pre`). When the batch
+    holds images of several sizes on one canvas (`pipeline.san.canvas`), `image_grids[b]` is image b's own
+    grid in the top-left corner of the h x w canvas grid, and `key_mask` hides the rest from attention.
     """
 
     tokens: dict[int, torch.Tensor]
     grid: tuple[int, int]
+    image_grids: list[Size] | None = None
+    key_mask: torch.Tensor | None = None
 
     def spatial_map(self, index: int) -> torch.Tensor:
         """Patch tokens of depth `index` as a feature map [B, W, h, w]."""
@@ -130,11 +154,13 @@ class ClipVisualExtractor(nn.Module):
         self.ln_pre = nn.LayerNorm(width)
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, config.heads) for _ in range(num_blocks))
 
-    def forward(self, images: torch.Tensor, keep: set[int]) -> ClipFeatures:
+    def forward(self, images: torch.Tensor, keep: set[int], grids: list[Size] | None = None) -> ClipFeatures:
         """Run the shallow CLIP blocks on normalized images [B, 3, H, W].
 
         Args:
             keep: depths whose token sequences are returned (see `ClipFeatures`).
+            grids: image b's own patch grid when the images lie on a larger canvas (`pipeline.san.canvas`);
+                None when every image fills the batch tensor.
         """
         patches = self.conv1(images)
         batch, width, grid_h, grid_w = patches.shape
@@ -142,14 +168,20 @@ class ClipVisualExtractor(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(batch, 1, width)
         x = torch.cat([cls, x], dim=1)
         pos = self.positional_embedding.to(x.dtype)
-        pos = torch.cat([pos[:1], resize_grid_embedding(pos[1:], self.native_grid, (grid_h, grid_w))])
+        mask = None
+        if grids is None:
+            pos = torch.cat([pos[:1], resize_grid_embedding(pos[1:], self.native_grid, (grid_h, grid_w))])
+        else:
+            per_image = canvas_grid_embedding(pos[1:], self.native_grid, grids, (grid_h, grid_w))
+            pos = torch.cat([pos[:1].expand(batch, 1, width), per_image], dim=1)
+            mask = key_mask(grids, (grid_h, grid_w), 1, x.dtype, x.device)
         x = self.ln_pre(x + pos)
         tokens = {0: x} if 0 in keep else {}
         for depth, block in enumerate(self.resblocks, start=1):
-            x = block(x)
+            x = block(x, attn_mask=mask)
             if depth in keep:
                 tokens[depth] = x
-        return ClipFeatures(tokens=tokens, grid=(grid_h, grid_w))
+        return ClipFeatures(tokens=tokens, grid=(grid_h, grid_w), image_grids=grids, key_mask=mask)
 
 
 class ClipTextEncoder(nn.Module):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.san.canvas import Size, resize_each
 from pipeline.san.clip import ClipFeatures, ResidualAttentionBlock
 from pipeline.san.config import ClipVisualConfig
 
@@ -90,14 +91,25 @@ class RecognitionHead(nn.Module):
         self.ln_post = nn.LayerNorm(config.width)
         self.proj = nn.Parameter(torch.zeros(config.width, config.output_dim))
 
-    def build_masks(self, bias: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive masks for SLS rows [B, heads, Q, N] and for CLS/patch rows [1, 1, 1 + L, N].
+    def build_masks(
+        self, bias: torch.Tensor, clip: ClipFeatures, side_grids: list[Size] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive masks for SLS rows [B, heads, Q, N] and for CLS/patch rows [1 or B, 1, 1 + L, N].
 
         Args:
             bias: [B, heads, Q, h, w] on the side-adapter grid; max-pooled to the CLIP grid here.
+            side_grids: image b's own side grid when the images lie on a larger canvas: its bias is pooled
+                from that grid to its own CLIP grid, and the tokens outside its grid are hidden.
         """
+        grid = clip.grid
         batch, heads, queries, height, width = bias.shape
-        pooled = F.adaptive_max_pool2d(bias.reshape(batch, heads * queries, height, width), grid)
+        flat = bias.reshape(batch, heads * queries, height, width)
+        if side_grids is None:
+            pooled = F.adaptive_max_pool2d(flat, grid)
+        else:
+            if clip.image_grids is None:
+                raise ValueError("images on a canvas need CLIP features computed with their grids")
+            pooled = resize_each(flat, side_grids, clip.image_grids, grid, F.adaptive_max_pool2d)
         pooled = pooled.reshape(batch, heads, queries, grid[0] * grid[1])
         length = pooled.shape[-1]
         total = queries + 1 + length
@@ -106,15 +118,23 @@ class RecognitionHead(nn.Module):
         sls_mask = torch.cat([sls_mask.expand(batch, heads, -1, -1), pooled], dim=-1)
         rest_mask = pooled.new_zeros(1, 1, 1 + length, total)
         rest_mask[..., :queries] = HIDDEN
+        if side_grids is not None and clip.key_mask is not None:
+            # CLIP's key mask covers [CLS ; patches]; the SLS keys in front are visible as above.
+            outside = F.pad(clip.key_mask, (queries, 0)).to(sls_mask.dtype)
+            sls_mask = sls_mask + outside
+            rest_mask = rest_mask + outside
         return sls_mask, rest_mask
 
-    def forward(self, clip: ClipFeatures, split: int, bias: torch.Tensor) -> torch.Tensor:
-        """L2-normalized mask embeddings [B, Q, D] from CLIP tokens at depth `split` and bias [B,heads,Q,h,w]."""
+    def forward(
+        self, clip: ClipFeatures, split: int, bias: torch.Tensor, side_grids: list[Size] | None = None
+    ) -> torch.Tensor:
+        """L2-normalized mask embeddings [B, Q, D] from CLIP tokens at depth `split` and bias [B,heads,Q,h,w]
+        (`side_grids`: see `build_masks`)."""
         tokens = clip.tokens[split]
         queries = bias.shape[2]
         sls = tokens[:, :1].expand(-1, queries, -1)
         x = torch.cat([sls, tokens], dim=1)
-        sls_mask, rest_mask = self.build_masks(bias, clip.grid)
+        sls_mask, rest_mask = self.build_masks(bias, clip, side_grids)
         last = len(self.resblocks) - 1
         for index, block in enumerate(self.resblocks):
             q, k, v = block.project_qkv(block.ln_1(x))

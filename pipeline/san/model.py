@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.san.canvas import CanvasLayout, Size
 from pipeline.san.clip import ClipFeatures, ClipTextEncoder, ClipVisualExtractor
 from pipeline.san.config import SANConfig
 from pipeline.san.heads import RecognitionHead
@@ -66,14 +67,29 @@ class SAN(nn.Module):
             images, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False
         )
 
-    def extract_clip(self, images: torch.Tensor) -> ClipFeatures:
-        return self.clip_visual_extractor(self.clip_input(images), keep=self._clip_depths)
+    def extract_clip(self, images: torch.Tensor, grids: list[Size] | None = None) -> ClipFeatures:
+        return self.clip_visual_extractor(self.clip_input(images), keep=self._clip_depths, grids=grids)
 
-    def forward(self, images: torch.Tensor) -> SANOutput:
-        """Segment normalized images [B, 3, H, W], H and W multiples of 32 (see `preprocess.py`)."""
-        clip = self.extract_clip(images)
-        mask_logits, biases = self.side_adapter_network(images, clip)
-        embeddings = self.clip_rec_head(clip, self.config.feature_last_layer, biases[-1])
+    def forward(self, images: torch.Tensor, layout: CanvasLayout | None = None) -> SANOutput:
+        """Segment normalized images [B, 3, H, W], H and W multiples of 32 (see `preprocess.py`).
+
+        With a `layout`, image b is its own `layout.sizes[b]` padded image in the top-left corner of the
+        batch tensor, and its outputs there (mask logits on its own H/16 x W/16 grid, embeddings) are those
+        of the image run alone (see `pipeline.san.canvas`); the rest of its mask logits is meaningless.
+        """
+        clip_grids = side_grids = None
+        if layout is not None:
+            if tuple(images.shape[2:]) != layout.canvas or len(layout.sizes) != images.shape[0]:
+                raise ValueError(
+                    f"images are {tuple(images.shape)}, the layout is {len(layout.sizes)} images on a "
+                    f"{layout.canvas} canvas"
+                )
+            if any(size != layout.canvas for size in layout.sizes):
+                clip_grids = layout.grids(self.config.clip_visual.patch_size, self.config.clip_resolution)
+                side_grids = layout.grids(self.config.side_adapter.patch_size)
+        clip = self.extract_clip(images, clip_grids)
+        mask_logits, biases = self.side_adapter_network(images, clip, side_grids)
+        embeddings = self.clip_rec_head(clip, self.config.feature_last_layer, biases[-1], side_grids)
         return SANOutput(mask_logits=mask_logits, mask_embeddings=embeddings)
 
     def encode_vocabulary(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,17 @@
 """`Segmenter`: the stateful front of the pure `SAN` module — preprocessing, vocabulary caching, batching
 images with different vocabularies into one forward pass, and post-processing.
 
-Images are grouped by their padded size and each group runs as one batched forward; the visual part does not
-depend on the vocabulary, so only the final [Q, D] x [D, C + 1] classification differs per image. Grouping by
-size (instead of padding a whole batch to its largest image, as the official code does) keeps every image's
-result independent of what else is in its batch.
+Images are grouped into buckets of padded sizes (`pipeline.san.buckets`) and each bucket runs as one batched
+forward; the visual part does not depend on the vocabulary, so only the final [Q, D] x [D, C + 1]
+classification differs per image. Images of different sizes in one bucket keep their own padded size on the
+shared canvas (`pipeline.san.canvas`), so unlike the official code, which pads a whole batch to its largest
+image, every image's result stays independent of what else is in its batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +19,8 @@ import numpy as np
 import open_clip
 import torch
 
+from pipeline.san.buckets import DEFAULT_MAX_PADDING, plan_buckets
+from pipeline.san.canvas import CanvasLayout
 from pipeline.san.model import SAN
 from pipeline.san.postprocess import PostprocessResult, class_probabilities, postprocess
 from pipeline.san.preprocess import (
@@ -135,6 +137,8 @@ class Segmenter:
             (bfloat16 also on CPU). Text embeddings and post-processing stay in float32.
         resizer: "pil" (bit-exact official resize), "torch" (GPU resize) or "auto" (PIL on CPU, torch on CUDA).
         max_vocabularies: classifier cache size (distinct vocabularies kept).
+        max_padding: how much extra canvas area an image may be computed on so that images of different
+            sizes share a forward (`pipeline.san.buckets`); None: the device's default (0 on CPU).
     """
 
     def __init__(
@@ -144,8 +148,14 @@ class Segmenter:
         dtype: torch.dtype = torch.float32,
         resizer: Resizer = "auto",
         max_vocabularies: int = 256,
+        max_padding: float | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.max_padding = (
+            DEFAULT_MAX_PADDING.get(self.device.type, 0.0) if max_padding is None else max_padding
+        )
+        if self.max_padding < 0:
+            raise ValueError(f"max_padding must be >= 0, got {max_padding}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
         if dtype == torch.float16 and self.device.type != "cuda":
@@ -220,22 +230,22 @@ class Segmenter:
         geoms = [
             _geometry(image, size, i) for i, (image, size) in enumerate(zip(checked, sizes, strict=True))
         ]
-        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, geom in enumerate(geoms):
-            by_size[geom.padded].append(index)
-
         processed: list[PostprocessResult | None] = [None] * len(checked)
         param_dtype = next(self.model.parameters()).dtype
-        for padded, members in by_size.items():
-            batch = normalize_and_pad([self._prepare(checked[i], geoms[i]) for i in members], padded)
+        stride = self.model.config.side_adapter.patch_size
+        for bucket in plan_buckets([geom.padded for geom in geoms], self.max_padding):
+            members = bucket.members
+            batch = normalize_and_pad([self._prepare(checked[i], geoms[i]) for i in members], bucket.canvas)
+            layout = CanvasLayout(bucket.canvas, tuple(geoms[i].padded for i in members))
             with self._autocast():
-                output = self.model(batch.to(param_dtype))
+                output = self.model(batch.to(param_dtype), layout)
             embeddings = output.mask_embeddings.float()
             for slot, index in enumerate(members):
                 logits = embeddings[slot] @ self.classifiers.get(vocabs[index]).T
                 masks = None if regions is None else regions[index]
+                own_h, own_w = geoms[index].padded
                 processed[index] = postprocess(
-                    output.mask_logits[slot],
+                    output.mask_logits[slot, :, : own_h // stride, : own_w // stride],
                     class_probabilities(logits),
                     geoms[index],
                     return_labels=return_labels,

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.san.clip import ClipFeatures, resize_grid_embedding
+from pipeline.san.canvas import Size, key_mask, resize_each
+from pipeline.san.clip import ClipFeatures, canvas_grid_embedding, resize_grid_embedding
 from pipeline.san.config import SANConfig, SideAdapterConfig
 from pipeline.san.heads import MaskDecoder
 
@@ -26,10 +27,11 @@ class SideAttention(nn.Module):
         self.qkv = nn.Linear(width, width * 3)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        mask = None if attn_mask is None else attn_mask.to(qkv.dtype)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -53,8 +55,8 @@ class SideBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = SideMlp(width, width * mlp_ratio)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -102,10 +104,24 @@ class AddFusion(nn.Module):
         self.input_proj = nn.Sequential(ChannelLayerNorm(clip_width), nn.Conv2d(clip_width, side_width, 1))
 
     def forward(
-        self, patch_tokens: torch.Tensor, clip_map: torch.Tensor, grid: tuple[int, int]
+        self,
+        patch_tokens: torch.Tensor,
+        clip_map: torch.Tensor,
+        grid: tuple[int, int],
+        grids: tuple[list[Size], list[Size]] | None = None,
     ) -> torch.Tensor:
-        projected = F.interpolate(self.input_proj(clip_map), size=grid, mode="bilinear", align_corners=False)
+        """`grids`, for images on a larger canvas: (each image's CLIP grid, each image's side grid), so each
+        image's own CLIP map is resized to its own side grid."""
+        projected = self.input_proj(clip_map)
+        if grids is None:
+            projected = F.interpolate(projected, size=grid, mode="bilinear", align_corners=False)
+        else:
+            projected = resize_each(projected, grids[0], grids[1], grid, _bilinear)
         return patch_tokens + projected.flatten(2).transpose(1, 2)
+
+
+def _bilinear(maps: torch.Tensor, size: Size) -> torch.Tensor:
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 class SideAdapterNetwork(nn.Module):
@@ -140,17 +156,42 @@ class SideAdapterNetwork(nn.Module):
         )
 
     def _fuse(
-        self, side_idx: int, x: torch.Tensor, clip: ClipFeatures, grid: tuple[int, int]
+        self,
+        side_idx: int,
+        x: torch.Tensor,
+        clip: ClipFeatures,
+        grid: tuple[int, int],
+        side_grids: list[Size] | None,
     ) -> torch.Tensor:
         if side_idx not in self.clip_source:
             return x
         queries, patches = x[:, : self.num_queries], x[:, self.num_queries :]
         fusion = self.fusion_layers[f"layer_{side_idx}"]
-        patches = fusion(patches, clip.spatial_map(self.clip_source[side_idx]), grid)
+        grids = None
+        if side_grids is not None:
+            if clip.image_grids is None:
+                raise ValueError("images on a canvas need CLIP features computed with their grids")
+            grids = (clip.image_grids, side_grids)
+        patches = fusion(patches, clip.spatial_map(self.clip_source[side_idx]), grid, grids)
         return torch.cat([queries, patches], dim=1)
 
-    def forward_features(self, images: torch.Tensor, clip: ClipFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def _position(self, batch: int, grid: Size, grids: list[Size] | None, dtype: torch.dtype) -> torch.Tensor:
+        """Query and patch position embeddings: [Q + L, Ws] for the grid, or [B, Q + L, Ws] per image."""
+        native, queries = self.vit_model.native_grid, self.query_pos_embed[0]
+        if grids is None:
+            pos = torch.cat([queries, resize_grid_embedding(self.vit_model.pos_embed[0], native, grid)])
+        else:
+            per_image = canvas_grid_embedding(self.vit_model.pos_embed[0], native, grids, grid)
+            pos = torch.cat([queries.expand(batch, -1, -1), per_image], dim=1)
+        return pos.to(dtype)
+
+    def forward_features(
+        self, images: torch.Tensor, clip: ClipFeatures, grids: list[Size] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the side ViT on normalized, padded images [B, 3, H, W].
+
+        Args:
+            grids: image b's own side grid when the images lie on a larger canvas (`pipeline.san.canvas`).
 
         Returns:
             query tokens [B, Q, Ws] and the pixel map [B, Ws, H/16, W/16] after the last block.
@@ -158,23 +199,27 @@ class SideAdapterNetwork(nn.Module):
         patches = self.vit_model.patch_embed(images)
         batch, width, grid_h, grid_w = patches.shape
         grid = (grid_h, grid_w)
-        pos = resize_grid_embedding(self.vit_model.pos_embed[0], self.vit_model.native_grid, grid)
-        pos = torch.cat([self.query_pos_embed[0], pos]).to(patches.dtype)
+        pos = self._position(batch, grid, grids, patches.dtype)
+        mask = (
+            None if grids is None else key_mask(grids, grid, self.num_queries, patches.dtype, patches.device)
+        )
         x = torch.cat(
             [self.query_embed.to(patches.dtype).expand(batch, -1, -1), patches.flatten(2).transpose(1, 2)], 1
         )
         # The position embedding is re-added before every block, not only the first (official behaviour).
-        x = self._fuse(0, x + pos, clip, grid)
+        x = self._fuse(0, x + pos, clip, grid, grids)
         blocks = self.vit_model.blocks
         for number, block in enumerate(blocks, start=1):
-            x = self._fuse(number, block(x), clip, grid)
+            x = self._fuse(number, block(x, mask), clip, grid, grids)
             if number < len(blocks):
                 x = x + pos
         queries = x[:, : self.num_queries]
         pixel_map = x[:, self.num_queries :].transpose(1, 2).reshape(batch, width, grid_h, grid_w)
         return queries, pixel_map
 
-    def forward(self, images: torch.Tensor, clip: ClipFeatures) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, clip: ClipFeatures, grids: list[Size] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Mask logits [B, Q, H/16, W/16] and one attention bias [B, heads, Q, H/16, W/16] per bias layer."""
-        queries, pixel_map = self.forward_features(images, clip)
+        queries, pixel_map = self.forward_features(images, clip, grids)
         return self.mask_decoder(queries, pixel_map)

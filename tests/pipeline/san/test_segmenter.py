@@ -18,9 +18,9 @@ def count_forwards(segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch) -> lis
     shapes: list[tuple[int, ...]] = []
     original = segmenter.model.forward
 
-    def counting(images: torch.Tensor):
+    def counting(images: torch.Tensor, layout=None):
         shapes.append(tuple(images.shape))
-        return original(images)
+        return original(images, layout)
 
     monkeypatch.setattr(segmenter.model, "forward", counting)
     return shapes
