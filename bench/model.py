@@ -1,29 +1,63 @@
-"""Benchmark `Segmenter.segment`: frames/s and peak memory by model, batch size, device and dtype.
+"""Benchmark `Segmenter.segment` against a bare per-image float32 loop: frames/s and peak memory.
 
-Every image in a batch gets one of several vocabularies (mixed, as video streams would send them), and the
-same frames also go through a one-image-at-a-time float32 loop, the way the official demo runs, so the
-speed-up of batching is printed as a ratio measured in the same run. Prints one JSON document.
+Each row is one measurement:
 
-    python bench/model.py                                   # CPU-sized defaults
-    python bench/model.py --device cuda --dtypes fp32,bf16 --batch-sizes 1,8,32,64 --iters 20
-    python bench/model.py --device cuda --size 1080x1920 --dtypes bf16 --batch-sizes 8,16
+    {path, device, gpu_name, model, dtype, batch, input_size, output_size, vocab_mode, sizes, frames_per_s,
+     peak_mem_mb, ...}
+
+`path: "segmenter"` rows time `Segmenter.segment` on batches (class areas at each frame's full resolution,
+no label maps back). The `path: "bare_fp32_loop"` row, measured in the same run on the same frames, is the
+official code's way: one image per call in float32, PIL resize on the host, the whole [Q, H, W] mask stack
+upsampled, `einsum` into [C, H, W] scores and the label map copied back (detectron2's `sem_seg_postprocess` +
+SAN's `semantic_inference`). Every segmenter row carries `speedup_vs_bare_fp32_loop`.
+
+`vocab_mode`: `same` (one vocabulary for every frame) or `mixed` (frame i uses vocabulary i mod 4, as
+concurrent streams send them). `sizes`: `uniform` (every frame `--size`) or `mixed` (frame i has size
+`--mixed-sizes[i mod n]`, so one batch needs several forward passes). `input_size` is the padded tensor the
+network sees ("640x640"), `output_size` the resolution areas are counted at (the frame's own). Text
+classifiers are built before timing (a stream pays for its vocabulary once). On CPU `peak_mem_mb` is the
+process's peak RSS so far, so it includes earlier rows. Prints one JSON document on stdout (rows also go to
+stderr as they finish) and writes it to `--out` when given.
+
+    python bench/model.py --tiny                            # seconds on CPU: san_tiny_test, small frames
+    python bench/model.py                                   # CPU-sized defaults (B/16, 640x640)
+    python bench/model.py --device cuda --dtypes bf16 --batch-sizes 1,32,64,128 --iters 20
+    python bench/model.py --device cuda --size 1080x1920 --dtypes bf16 --batch-sizes 32 --vocab-mode mixed
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import platform
 import resource
 import sys
 import time
+import traceback
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
+# `python bench/model.py` puts bench/ first on sys.path, where bench/pipeline.py would shadow the `pipeline`
+# package (and pull in the video stack); the repository root is what this script needs instead, also when the
+# package is not installed (the GPU machine).
+# SANSTREAM_CODE names another tree's root (a checkout of the code before a change, say) whose `pipeline`
+# is measured instead, so a before/after ratio comes from one script on one machine.
+_ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOT = Path(os.environ.get("SANSTREAM_CODE") or _ROOT).resolve()
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _ROOT / "bench"]
+sys.path.insert(0, str(CODE_ROOT))
 
-from pipeline.san import Segmenter, load_checkpoint
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from pipeline.san import Segmenter, load_checkpoint  # noqa: E402
+from pipeline.san.postprocess import class_probabilities  # noqa: E402
+from pipeline.san.preprocess import geometry, normalize_and_pad, resize_pil  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VOCABULARIES = [
@@ -32,24 +66,81 @@ VOCABULARIES = [
     ["vegetation", "bare soil", "road", "roof", "water", "vehicle", "shadow", "field"],
     ["person", "bicycle", "motorcycle", "bus", "truck", "traffic light", "sidewalk"],
 ]
+# Distinct frame contents generated per size; batches cycle through them (speed does not depend on pixels).
+DISTINCT_FRAMES = 4
+TINY_DEFAULTS: dict[str, Any] = {
+    "models": "san_tiny_test",
+    "device": "cpu",
+    "dtypes": "fp32",
+    "batch_sizes": "1,4",
+    "size": "96x128",
+    "mixed_sizes": "96x128,64x64,72x160",
+    "iters": 1,
+    "warmup": 1,
+    "bare_frames": 2,
+}
 
 
-def frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+def parse_size(text: str) -> tuple[int, int]:
+    height, width = (int(v) for v in text.lower().split("x"))
+    return height, width
+
+
+def size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def frame(height: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 // width, yy * 255 // height, (xx ^ yy) & 255], -1).astype(np.int16)
-    return [(base + rng.integers(-30, 30, base.shape)).clip(0, 255).astype(np.uint8) for _ in range(count)]
+    return (base + rng.integers(-30, 30, base.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+
+
+def compacted(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The image as a decoder sends it (`pipeline.decode.compact`): resized to the model's input size when
+    larger, with its original size; None when it is sent as it is."""
+    from pipeline.decode.compact import compact_image  # not in the code before compact frames
+
+    small = compact_image(image)
+    return (image, None) if small.size >= image.size else (small, (image.shape[0], image.shape[1]))
+
+
+class Frames:
+    """Frame i of the run: its size from the size plan, its content one of a few per size. With `compact`,
+    frames are compacted up front as decoders do before sending (that resize runs in the decoders' processes,
+    not on the replica being measured)."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], compact: bool = False) -> None:
+        self.sizes = list(sizes)
+        self.compact = compact
+        self.pool = {size: [frame(*size, seed) for seed in range(DISTINCT_FRAMES)] for size in set(sizes)}
+        self.sent = {
+            size: [compacted(image) if compact else (image, None) for image in images]
+            for size, images in self.pool.items()
+        }
+
+    def _slot(self, index: int) -> tuple[tuple[int, int], int]:
+        return self.sizes[index % len(self.sizes)], (index // len(self.sizes)) % DISTINCT_FRAMES
+
+    def get(self, index: int) -> np.ndarray:
+        """Frame `index` at its full size."""
+        size, slot = self._slot(index)
+        return self.pool[size][slot]
+
+    def batch(self, start: int, count: int) -> tuple[list[np.ndarray], list[tuple[int, int] | None]]:
+        """Frames start .. start + count - 1 as sent to the replica, and their original sizes."""
+        sent = [self.sent[size][slot] for size, slot in map(self._slot, range(start, start + count))]
+        return [image for image, _ in sent], [original for _, original in sent]
+
+
+def vocabulary(index: int, mode: str) -> list[str]:
+    return VOCABULARIES[0] if mode == "same" else VOCABULARIES[index % len(VOCABULARIES)]
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
 
 
 def reset_peak(device: torch.device) -> None:
@@ -58,109 +149,249 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def time_batches(
-    segmenter: Segmenter, images: list[np.ndarray], batch: int, iters: int, warmup: int
-) -> dict[str, float]:
-    vocabularies = [VOCABULARIES[i % len(VOCABULARIES)] for i in range(batch)]
-    chunk = images[:batch]
-    for _ in range(warmup):
-        segmenter.segment(chunk, vocabularies, return_labels=False)
-    synchronize(segmenter.device)
-    reset_peak(segmenter.device)
+def peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+def timed(device: torch.device, step: Callable[[int], int], iters: int, warmup: int) -> dict[str, float]:
+    """Run `step(i)` (returns frames done) `warmup` times untimed, then `iters` times timed."""
+    for i in range(warmup):
+        step(i)
+    synchronize(device)
+    reset_peak(device)
     start = time.perf_counter()
-    for _ in range(iters):
-        segmenter.segment(chunk, vocabularies, return_labels=False)
-    synchronize(segmenter.device)
+    count = 0
+    for i in range(iters):
+        count += step(warmup + i)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {
-        "frames_per_s": batch * iters / seconds,
+        "frames_per_s": count / seconds,
         "seconds": seconds,
-        "peak_memory_mb": peak_memory_mb(segmenter.device),
+        "frames": count,
+        "peak_mem_mb": round(peak_mem_mb(device), 1),
     }
 
 
-def official_style_loop(
-    segmenter: Segmenter, images: list[np.ndarray], iters: int, warmup: int
-) -> dict[str, float]:
-    """One image per call, float32, full label map back on the host: how the official demo processes video."""
-    for image in images[:warmup]:
-        segmenter.segment([image], [VOCABULARIES[0]])
-    synchronize(segmenter.device)
-    start = time.perf_counter()
-    count = 0
-    for index in range(iters):
-        segmenter.segment([images[index % len(images)]], [VOCABULARIES[index % len(VOCABULARIES)]])
-        count += 1
-    synchronize(segmenter.device)
-    seconds = time.perf_counter() - start
-    return {"frames_per_s": count / seconds, "seconds": seconds}
+def segmenter_step(segmenter: Segmenter, frames: Frames, batch: int, vocab_mode: str) -> Callable[[int], int]:
+    def step(i: int) -> int:
+        start = i * batch
+        vocabularies = [vocabulary(start + j, vocab_mode) for j in range(batch)]
+        images, originals = frames.batch(start, batch)
+        if frames.compact:
+            segmenter.segment(images, vocabularies, return_labels=False, original_sizes=originals)
+        else:
+            segmenter.segment(images, vocabularies, return_labels=False)
+        return batch
+
+    return step
 
 
-def main() -> None:
+def bare_fp32_step(segmenter: Segmenter, frames: Frames, vocab_mode: str) -> Callable[[int], int]:
+    """The official per-image path: PIL resize, one forward, full-resolution scores, labels to the host."""
+    model, device = segmenter.model, segmenter.device
+
+    @torch.inference_mode()
+    def step(i: int) -> int:
+        image = frames.get(i)
+        geom = geometry(*image.shape[:2])
+        batch = normalize_and_pad([resize_pil(image, geom.resized).to(device)], geom.padded)
+        output = model(batch)
+        logits = output.mask_embeddings[0] @ segmenter.classifier(vocabulary(i, vocab_mode)).T
+        probabilities = class_probabilities(logits)  # [Q, C]
+        masks = F.interpolate(output.mask_logits, size=geom.padded, mode="bilinear", align_corners=False)
+        masks = masks[:, :, : geom.resized[0], : geom.resized[1]]
+        masks = F.interpolate(masks, size=geom.original, mode="bilinear", align_corners=False)[0].sigmoid()
+        scores = torch.einsum("qc,qhw->chw", probabilities, masks)
+        scores.argmax(dim=0).cpu().numpy()
+        return 1
+
+    return step
+
+
+def code_version() -> str:
+    """Which code is measured: "current", or the SANSTREAM_CODE tree's name (see the top of this file)."""
+    return "current" if CODE_ROOT == _ROOT else CODE_ROOT.name
+
+
+def describe_sizes(frames: Frames) -> tuple[str, str]:
+    """(input_size, output_size): distinct padded model inputs and frame sizes, in plan order."""
+    inputs = dict.fromkeys(size_text(geometry(*size).padded) for size in frames.sizes)
+    outputs = dict.fromkeys(size_text(size) for size in frames.sizes)
+    return ",".join(inputs), ",".join(outputs)
+
+
+def measure(base: dict[str, Any], run: Callable[[], dict[str, float]]) -> dict[str, Any]:
+    """One row: `base` plus the measurement, or plus an `error` (an out-of-memory batch, say) so the other
+    rows of the run still come back."""
+    row = dict(base)
+    try:
+        row.update(run())
+    except Exception as error:  # reported in the row; the run goes on
+        traceback.print_exc(file=sys.stderr)
+        row.update({"frames_per_s": None, "peak_mem_mb": None, "error": f"{type(error).__name__}: {error}"})
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--tiny", action="store_true", help=f"smoke run on CPU: {TINY_DEFAULTS}")
     parser.add_argument("--models", default="san_vit_b_16")
     parser.add_argument(
         "--weights", default="random", help="'random' (speed does not depend on values) or a file"
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtypes", default="fp32")
+    parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--batch-sizes", default="1,2")
-    parser.add_argument("--size", default="640x640", help="frame HxW")
-    parser.add_argument("--iters", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--baseline-iters", type=int, default=None, help="frames for the batch-1 fp32 loop")
+    parser.add_argument("--size", default="640x640", help="frame HxW for --sizes uniform")
+    parser.add_argument("--sizes", choices=("uniform", "mixed"), default="uniform")
+    parser.add_argument(
+        "--mixed-sizes", default="1080x1920,720x1280,480x640,640x640", help="frame sizes for --sizes mixed"
+    )
+    parser.add_argument("--vocab-mode", default="mixed", help="comma-separated: same, mixed")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="frames arrive compacted to the model's input size, as decoders send them",
+    )
+    parser.add_argument(
+        "--max-padding",
+        default=None,
+        help="comma-separated Segmenter max_padding values (sizes sharing a forward, pipeline/san/buckets.py); "
+        "default: the device's",
+    )
+    parser.add_argument("--iters", type=int, default=2, help="timed batches per row")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches before each row")
+    parser.add_argument(
+        "--bare-frames", type=int, default=None, help="frames timed in the bare fp32 loop (0: skip it)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    if parser.parse_known_args(argv)[0].tiny:
+        parser.set_defaults(**TINY_DEFAULTS)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    images = frames(max(batch_sizes), height, width)
     device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    report: dict[str, object] = {
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    sizes = (
+        [parse_size(s) for s in args.mixed_sizes.split(",")]
+        if args.sizes == "mixed"
+        else [parse_size(args.size)]
+    )
+    frames = Frames(sizes, compact=args.compact)
+    vocab_modes = args.vocab_mode.split(",")
+    padding_options: list[dict[str, float]] = (
+        [{}] if args.max_padding is None else [{"max_padding": float(v)} for v in args.max_padding.split(",")]
+    )
+    input_size, output_size = describe_sizes(frames)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    bare_frames = args.bare_frames if args.bare_frames is not None else max(2, args.iters)
+    common = {
+        "device": device.type,
+        "gpu_name": gpu_name,
+        "input_size": input_size,
+        "output_size": output_size,
+        "sizes": args.sizes,
+        "compact": args.compact,
+        "code": code_version(),
+    }
+    report: dict[str, Any] = {
         "benchmark": "model",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device.type,
+        "gpu_name": gpu_name,
+        "host": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
-        "frame_size": [height, width],
-        "vocabularies_per_batch": "mixed: image i uses vocabulary i mod 4 (5-8 classes)",
-        "results": [],
+        "weights": args.weights,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "rows": [],
     }
+    rows: list[dict[str, Any]] = report["rows"]
     for model_name in args.models.split(","):
         model = load_checkpoint(args.weights, model=model_name)
+        model_rows: list[dict[str, Any]] = []
         for dtype_name in args.dtypes.split(","):
-            segmenter = Segmenter(model, device=device, dtype=DTYPES[dtype_name])
-            for batch in batch_sizes:
-                row = {"model": model_name, "dtype": dtype_name, "batch": batch}
-                row.update(time_batches(segmenter, images, batch, args.iters, args.warmup))
-                report["results"].append(row)
-                print(json.dumps(row), file=sys.stderr)
-        baseline_segmenter = Segmenter(model, device=device, dtype=torch.float32)
-        baseline = official_style_loop(
-            baseline_segmenter, images, args.baseline_iters or args.iters, args.warmup
-        )
-        baseline.update(
-            {"model": model_name, "dtype": "fp32", "batch": 1, "mode": "one image per call, labels to host"}
-        )
-        report.setdefault("baseline", []).append(baseline)
-        for row in report["results"]:
-            if row["model"] == model_name:
-                row["speedup_vs_official_style_loop"] = row["frames_per_s"] / baseline["frames_per_s"]
-        del model, segmenter, baseline_segmenter
+            for options in padding_options:
+                segmenter = Segmenter(model, device=device, dtype=DTYPES[dtype_name], **options)
+                for vocab in VOCABULARIES:  # a stream's classifier is built once, before its frames
+                    segmenter.classifier(vocab)
+                for vocab_mode, batch in itertools.product(vocab_modes, batch_sizes):
+                    base = {
+                        "path": "segmenter",
+                        **common,
+                        "model": model_name,
+                        "dtype": dtype_name,
+                        "batch": batch,
+                        "vocab_mode": vocab_mode,
+                        "max_padding": getattr(segmenter, "max_padding", None),
+                    }
+                    step = segmenter_step(segmenter, frames, batch, vocab_mode)
+                    model_rows.append(
+                        measure(base, lambda step=step: timed(device, step, args.iters, args.warmup))
+                    )
+                del segmenter
+        if bare_frames > 0:
+            bare = Segmenter(model, device=device, dtype=torch.float32)
+            for vocab in VOCABULARIES:
+                bare.classifier(vocab)
+            base = {
+                "path": "bare_fp32_loop",
+                **common,
+                "model": model_name,
+                "dtype": "fp32",
+                "batch": 1,
+                "vocab_mode": vocab_modes[-1],
+            }
+            step = bare_fp32_step(bare, frames, vocab_modes[-1])
+            bare_row = measure(base, lambda step=step: timed(device, step, bare_frames, args.warmup))
+            model_rows.append(bare_row)
+            if bare_row.get("frames_per_s"):
+                for row in model_rows:
+                    if row["path"] == "segmenter" and row.get("frames_per_s"):
+                        row["speedup_vs_bare_fp32_loop"] = round(
+                            row["frames_per_s"] / bare_row["frames_per_s"], 3
+                        )
+            del bare
+        rows.extend(model_rows)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    report["bare_fp32_loop"] = (
+        "one image per call, float32, PIL resize on the host, full [Q,H,W] upsample + einsum scores, "
+        "label map to host (the official semantic_inference path)"
+    )
+    report["segmenter"] = (
+        "Segmenter.segment on the batch, return_labels=False (class areas at full resolution)"
+    )
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    return 1 if any("error" in row for row in report["rows"]) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -139,6 +139,8 @@ class Segmenter:
         max_vocabularies: classifier cache size (distinct vocabularies kept).
         max_padding: how much extra canvas area an image may be computed on so that images of different
             sizes share a forward (`pipeline.san.buckets`); None: the device's default (0 on CPU).
+        pin_memory: stage frames in page-locked host memory and copy them to the device without waiting
+            (torch resizer only); None: on CUDA.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class Segmenter:
         resizer: Resizer = "auto",
         max_vocabularies: int = 256,
         max_padding: float | None = None,
+        pin_memory: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.max_padding = (
@@ -161,6 +164,9 @@ class Segmenter:
         if dtype == torch.float16 and self.device.type != "cuda":
             raise ValueError("float16 inference needs a CUDA device; use float32 or bfloat16 on CPU")
         self.dtype = dtype
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        if self.pin_memory and self.device.type != "cuda":
+            raise ValueError("pin_memory stages frames for a CUDA device; leave it off on CPU")
         self.model = model.to(self.device).eval()
         self.resizer = choose_resizer(resizer, self.device)
         self.tokenizer = open_clip.get_tokenizer(model.config.tokenizer)
@@ -189,10 +195,19 @@ class Segmenter:
         """Cached classifier [C + 1, D] (float32) for a vocabulary."""
         return self.classifiers.get(validate_vocabulary(vocabulary))
 
+    def _upload(self, image: np.ndarray) -> torch.Tensor:
+        """The uint8 image on the device. From pageable memory a copy to the GPU is synchronous, so with
+        `pin_memory` the image is first staged in page-locked memory (torch's caching host allocator reuses
+        those blocks) and copied without waiting: the next image is staged while this one travels."""
+        host = torch.from_numpy(image)
+        if self.pin_memory:
+            host = torch.empty(host.shape, dtype=host.dtype, pin_memory=True).copy_(host)
+        return host.to(self.device, non_blocking=self.pin_memory)
+
     def _prepare(self, image: np.ndarray, geom: ImageGeometry) -> torch.Tensor:
         if self.resizer == "pil":
             return resize_pil(image, geom.resized).to(self.device)
-        tensor = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1)
+        tensor = self._upload(image).permute(2, 0, 1)
         return resize_torch(tensor, geom.resized)
 
     @torch.inference_mode()

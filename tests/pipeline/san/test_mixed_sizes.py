@@ -115,3 +115,11 @@ def test_the_parity_images_in_one_forward_match_the_official_outputs(monkeypatch
         np.testing.assert_allclose(result.scores, alone.scores, rtol=0, atol=1e-4, err_msg=name)
         official = case_arrays(name)
         assert_close(f"{name} scores, every 8th pixel", result.scores[:, ::8, ::8], official["sem_seg_sub"])
+
+
+def test_switches_are_checked_up_front(tiny_model: SAN) -> None:
+    with pytest.raises(ValueError, match="max_padding must be >= 0"):
+        Segmenter(tiny_model, device="cpu", max_padding=-1.0)
+    with pytest.raises(ValueError, match="pin_memory stages frames for a CUDA device"):
+        Segmenter(tiny_model, device="cpu", pin_memory=True)
+    assert Segmenter(tiny_model, device="cpu").pin_memory is False
