@@ -17,7 +17,8 @@ from typing import Any
 from actors.service.metrics import ray_metrics
 from pipeline.decode.outages import ErrorThrottle
 from pipeline.frames import Frame
-from pipeline.jobs.state import JobStateError, JobStore
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import JobStateError
 from pipeline.jobs.stream_metrics import record_reconnect
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ USER_ERROR_NAMES: dict[str, tuple[str, ...]] = {
     "pipeline.jobs.redis_server": ("EmbeddedRedisError",),
     "pipeline.jobs.spec": ("JobSpecError",),
     "pipeline.jobs.takeover": ("JobNotResumableError",),
-    "pipeline.jobs.state": ("JobExistsError", "UnknownJobError"),
+    "pipeline.jobs.state_errors": ("JobExistsError", "UnknownJobError"),
     "pipeline.san.config": ("UnknownModelError",),
     "pipeline.san.preprocess": ("ImageError",),
     "pipeline.san.vocabulary": ("VocabularyError",),

@@ -19,7 +19,8 @@ from ray import serve
 
 from actors.service.manager import JobRejected, get_or_create_manager
 from pipeline.jobs.spec import JobSpecError, ServeSpec, parse_job_spec
-from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import UnknownJobError
 from pipeline.jobs.stream_changes import (
     StreamChangeError,
     add_stream,

@@ -16,7 +16,8 @@ from pathlib import Path
 from pipeline.cli import client as service_client
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
 from pipeline.jobs.lease import lease_info
-from pipeline.jobs.state import IllegalTransitionError, JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import IllegalTransitionError, UnknownJobError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

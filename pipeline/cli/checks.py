@@ -80,7 +80,7 @@ def resumable_job(job_id: str, out: Path, address: str | None) -> JobSpec:
     """The spec `sanstream resume JOB --out OUT` runs, read from the job store and checked like a new
     job's, before Ray starts: an unknown or finished job, a missing file of an unfinished stream, no CUDA
     or no cluster are refused here. Leaves no Redis running (`open_job_store`)."""
-    from pipeline.jobs.state import UnknownJobError
+    from pipeline.jobs.state_errors import UnknownJobError
     from pipeline.jobs.takeover import stored_job
 
     check_job_id(job_id)

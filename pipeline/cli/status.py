@@ -26,7 +26,7 @@ from pipeline.cli import client as service_client
 from pipeline.cli.common import DEFAULT_OUT, TERMINAL_STATUSES, check_job_id, known_jobs_error, open_job_store
 from pipeline.cli.console import make_console
 from pipeline.jobs.lease import driver_gone, lease_info
-from pipeline.jobs.state import UnknownJobError
+from pipeline.jobs.state_errors import UnknownJobError
 
 RECENT_ERRORS = 10
 _STATUS_STYLE = {

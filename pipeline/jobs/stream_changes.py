@@ -18,7 +18,8 @@ from typing import Any
 
 import redis
 
-from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import UnknownJobError
 
 # A stream's next vocabulary: the version and its classes in one atomic step (a reader never sees a
 # version without its classes). ARGV: vocabulary JSON.

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.jobs.spec import JobSpec, JobSpecError, parse_job_spec
-from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import UnknownJobError
 
 FINISHED_STREAM = ("completed", "failed", "cancelled")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.jobs.state import JobStore, StaleWriterError, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import StaleWriterError, UnknownJobError
 from pipeline.storage.writer import CommitRejected, CommittedPart
 
 

@@ -8,10 +8,10 @@ import threading
 import pytest
 
 from pipeline.jobs.redis_server import EmbeddedRedis
-from pipeline.jobs.state import (
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import (
     IllegalTransitionError,
     JobExistsError,
-    JobStore,
     StaleWriterError,
     UnknownJobError,
 )

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from pipeline.jobs.spec import parse_job_spec
-from pipeline.jobs.state import JobStore, UnknownJobError
+from pipeline.jobs.state import JobStore
+from pipeline.jobs.state_errors import UnknownJobError
 from pipeline.jobs.stream_changes import (
     StreamChangeError,
     add_stream,
