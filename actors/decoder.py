@@ -65,8 +65,8 @@ from pipeline.decode.pacing import paced
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
 from pipeline.jobs import stream_changes, stream_metrics
-from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
+from pipeline.jobs.stream_spec import StreamSpec
 from pipeline.regions import RegionSpec, check_regions
 from pipeline.storage.stream_sink import SinkOptions
 

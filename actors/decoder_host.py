@@ -23,8 +23,8 @@ import ray
 
 from actors.decoder import StreamRunner
 from actors.stream_config import JobContext, StreamOutcome
-from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
+from pipeline.jobs.stream_spec import StreamSpec
 
 # Streams an actor can run at once: its event loop serves one `run()` call per stream.
 MAX_STREAMS_PER_ACTOR = 1000

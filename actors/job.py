@@ -42,9 +42,10 @@ from pipeline.cluster_address import cluster_target
 from pipeline.jobs.ids import new_job_id
 from pipeline.jobs.lease import JobLease, LeaseHeldError, lease_info
 from pipeline.jobs.redis_server import check_persistence, resolve_redis, volatile_state_allowed
-from pipeline.jobs.spec import JobSpec, StreamSpec, parse_job_spec
+from pipeline.jobs.spec import JobSpec, parse_job_spec
 from pipeline.jobs.state import JobStore
 from pipeline.jobs.stream_changes import stream_ids
+from pipeline.jobs.stream_spec import StreamSpec
 from pipeline.jobs.takeover import (
     DriverReplacedError,
     JobNotResumableError,

@@ -23,7 +23,8 @@ from actors.fleet import WarmFleet
 from actors.stream_config import JobContext
 from actors.writer import WriterHost
 from pipeline.jobs.decoding import AUTO_STREAMS_PER_DECODER, DecodingSpec, decoder_layout
-from pipeline.jobs.spec import JobSpec, StreamSpec
+from pipeline.jobs.spec import JobSpec
+from pipeline.jobs.stream_spec import StreamSpec
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from pathlib import Path
 from pipeline.cluster_address import RAY_ADDRESS_ENV, ClusterAddressError, check_cluster_address
 from pipeline.decode import probe
 from pipeline.decode.errors import DecodeError
-from pipeline.jobs.spec import JobSpec, JobSpecError, ModelSpec, StreamSpec
+from pipeline.jobs.spec import JobSpec, JobSpecError, ModelSpec
+from pipeline.jobs.stream_spec import StreamSpec
 from pipeline.san.config import available_models
 from pipeline.san.weights import RANDOM, WeightsNotAvailableError, resolve_released
 from pipeline.storage.writer import OutputDirError

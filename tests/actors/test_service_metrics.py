@@ -24,8 +24,8 @@ from actors.stream_config import JobContext, StreamOutcome
 from pipeline.frames import FrameAreas
 from pipeline.jobs import stream_metrics
 from pipeline.jobs.redis_server import EmbeddedRedis
-from pipeline.jobs.spec import StreamSpec
 from pipeline.jobs.state import JobStore
+from pipeline.jobs.stream_spec import StreamSpec
 
 
 @pytest.fixture(scope="module")
