@@ -7,8 +7,9 @@
 #   model_1080p.json     1080p frames compacted by the decoder, class areas at 1080p, bf16
 #   model_mixed.json     four frame sizes in one batch, one forward per size vs shared canvases
 #   model_l14.json       SAN-L/14 640x640 bf16
-#   before_640.json, before_1080p.json
-#                        the same B/16 rows on the code before the frames/s work (.before/, see below)
+#   model_compile.json   SAN-B/16 640x640 bf16 batch 64: eager against torch.compile modes (last: compiling
+#                        takes minutes, and everything before it is already written)
+#   before.json          B/16 rows at 640x640 and 1080p on the code before the frames/s work (.before/)
 #   log.txt              what every step printed, nvidia-smi first
 #
 #   OUT=/tmp/gpu bench/gpu_check.sh            # on the GPU machine
@@ -74,9 +75,10 @@ if [ "$TINY" = 1 ]; then
     step model_mixed bench/model.py "${tiny[@]}" --dtypes fp32 --batch-sizes 4 --sizes mixed \
         --mixed-sizes 96x128,64x64,72x160,160x96 --max-padding 0,1 --bare-frames 0
     step model_l14 bench/model.py "${tiny[@]}" --dtypes fp32 --batch-sizes 2 --size 96x128 --bare-frames 0
-    before before_640 bench/model.py "${tiny[@]}" --dtypes fp32 --batch-sizes 4 --size 96x128 --bare-frames 0
-    before before_1080p bench/model.py "${tiny[@]}" --dtypes fp32 --batch-sizes 2 --size 1080x1920 \
+    before before bench/model.py "${tiny[@]}" --dtypes fp32 --batch-sizes 4 --size 96x128,1080x1920 \
         --bare-frames 0
+    step model_compile bench/model.py "${tiny[@]}" --dtypes fp32 --batch-sizes 3 --size 96x128 \
+        --compile none,trace --bare-frames 0
 else
     gpu=(--device cuda --warmup 2)
     step bf16_agreement bench/bf16_agreement.py --device cuda --dtypes bf16,fp16
@@ -89,10 +91,10 @@ else
         --bare-frames 0
     step model_l14 bench/model.py "${gpu[@]}" --models san_vit_large_14 --dtypes bf16 --batch-sizes 1,32,64 \
         --size 640x640 --iters 6 --bare-frames 20
-    before before_640 bench/model.py "${gpu[@]}" --models san_vit_b_16 --dtypes bf16 --batch-sizes 1,64 \
-        --size 640x640 --iters 8 --bare-frames 0
-    before before_1080p bench/model.py "${gpu[@]}" --models san_vit_b_16 --dtypes bf16 --batch-sizes 32 \
-        --size 1080x1920 --iters 6 --bare-frames 0
+    before before bench/model.py "${gpu[@]}" --models san_vit_b_16 --dtypes bf16 --batch-sizes 1,32 \
+        --size 640x640,1080x1920 --iters 6 --bare-frames 0
+    step model_compile bench/model.py "${gpu[@]}" --models san_vit_b_16 --dtypes bf16 --batch-sizes 64 \
+        --size 640x640 --compile none,default,reduce-overhead --iters 8 --bare-frames 0
 fi
 echo "== done in $SECONDS s, status $status" | tee -a "$LOG"
 exit "$status"

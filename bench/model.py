@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--batch-sizes", default="1,2")
-    parser.add_argument("--size", default="640x640", help="frame HxW for --sizes uniform")
+    parser.add_argument(
+        "--size", default="640x640", help="frame HxW for --sizes uniform; comma-separated for several groups"
+    )
     parser.add_argument("--sizes", choices=("uniform", "mixed"), default="uniform")
     parser.add_argument(
         "--mixed-sizes", default="1080x1920,720x1280,480x640,640x640", help="frame sizes for --sizes mixed"
@@ -264,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated Segmenter max_padding values (sizes sharing a forward, pipeline/san/buckets.py); "
         "default: the device's",
+    )
+    parser.add_argument(
+        "--compile",
+        default=None,
+        help="comma-separated Segmenter compile modes (pipeline/san/compiled.py; 'none' for eager); the "
+        "warm-up batches pay the compilation",
     )
     parser.add_argument("--iters", type=int, default=2, help="timed batches per row")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before each row")
@@ -282,6 +290,76 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def options_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Segmenter keyword arguments per row group: every --max-padding x --compile combination given."""
+    paddings: list[dict[str, Any]] = (
+        [{}] if args.max_padding is None else [{"max_padding": float(v)} for v in args.max_padding.split(",")]
+    )
+    compiles: list[dict[str, Any]] = (
+        [{}]
+        if args.compile is None
+        else [{"compile_mode": None if mode == "none" else mode} for mode in args.compile.split(",")]
+    )
+    return [{**padding, **compiling} for padding, compiling in itertools.product(paddings, compiles)]
+
+
+def segmenter_rows(
+    model: torch.nn.Module,
+    base: dict[str, Any],
+    frames: Frames,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Rows of `Segmenter.segment` for every dtype, option set, vocabulary mode and batch size."""
+    rows = []
+    for dtype_name, options in itertools.product(args.dtypes.split(","), options_grid(args)):
+        segmenter = Segmenter(model, device=device, dtype=DTYPES[dtype_name], **options)
+        for vocab in VOCABULARIES:  # a stream's classifier is built once, before its frames
+            segmenter.classifier(vocab)
+        for vocab_mode, batch in itertools.product(args.vocab_mode.split(","), batch_sizes(args)):
+            row = {
+                "path": "segmenter",
+                **base,
+                "dtype": dtype_name,
+                "batch": batch,
+                "vocab_mode": vocab_mode,
+                "max_padding": getattr(segmenter, "max_padding", None),
+                "compile": getattr(segmenter, "compile_mode", None),
+            }
+            step = segmenter_step(segmenter, frames, batch, vocab_mode)
+            rows.append(measure(row, lambda step=step: timed(device, step, args.iters, args.warmup)))
+        del segmenter
+    return rows
+
+
+def bare_row(
+    model: torch.nn.Module,
+    base: dict[str, Any],
+    frames: Frames,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    bare = Segmenter(model, device=device, dtype=torch.float32)
+    for vocab in VOCABULARIES:
+        bare.classifier(vocab)
+    vocab_mode = args.vocab_mode.split(",")[-1]
+    row = {"path": "bare_fp32_loop", **base, "dtype": "fp32", "batch": 1, "vocab_mode": vocab_mode}
+    step = bare_fp32_step(bare, frames, vocab_mode)
+    frames_timed = args.bare_frames if args.bare_frames is not None else max(2, args.iters)
+    return measure(row, lambda: timed(device, step, frames_timed, args.warmup))
+
+
+def batch_sizes(args: argparse.Namespace) -> list[int]:
+    return [int(b) for b in args.batch_sizes.split(",")]
+
+
+def frame_plans(args: argparse.Namespace) -> list[list[tuple[int, int]]]:
+    """One size plan per row group: each --size alone (uniform), or the --mixed-sizes cycle (mixed)."""
+    if args.sizes == "mixed":
+        return [[parse_size(s) for s in args.mixed_sizes.split(",")]]
+    return [[parse_size(s)] for s in args.size.split(",")]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -289,28 +367,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    sizes = (
-        [parse_size(s) for s in args.mixed_sizes.split(",")]
-        if args.sizes == "mixed"
-        else [parse_size(args.size)]
-    )
-    frames = Frames(sizes, compact=args.compact)
-    vocab_modes = args.vocab_mode.split(",")
-    padding_options: list[dict[str, float]] = (
-        [{}] if args.max_padding is None else [{"max_padding": float(v)} for v in args.max_padding.split(",")]
-    )
-    input_size, output_size = describe_sizes(frames)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    bare_frames = args.bare_frames if args.bare_frames is not None else max(2, args.iters)
-    common = {
-        "device": device.type,
-        "gpu_name": gpu_name,
-        "input_size": input_size,
-        "output_size": output_size,
-        "sizes": args.sizes,
-        "compact": args.compact,
-        "code": code_version(),
-    }
     report: dict[str, Any] = {
         "benchmark": "model",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -325,50 +381,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = report["rows"]
     for model_name in args.models.split(","):
         model = load_checkpoint(args.weights, model=model_name)
-        model_rows: list[dict[str, Any]] = []
-        for dtype_name in args.dtypes.split(","):
-            for options in padding_options:
-                segmenter = Segmenter(model, device=device, dtype=DTYPES[dtype_name], **options)
-                for vocab in VOCABULARIES:  # a stream's classifier is built once, before its frames
-                    segmenter.classifier(vocab)
-                for vocab_mode, batch in itertools.product(vocab_modes, batch_sizes):
-                    base = {
-                        "path": "segmenter",
-                        **common,
-                        "model": model_name,
-                        "dtype": dtype_name,
-                        "batch": batch,
-                        "vocab_mode": vocab_mode,
-                        "max_padding": getattr(segmenter, "max_padding", None),
-                    }
-                    step = segmenter_step(segmenter, frames, batch, vocab_mode)
-                    model_rows.append(
-                        measure(base, lambda step=step: timed(device, step, args.iters, args.warmup))
-                    )
-                del segmenter
-        if bare_frames > 0:
-            bare = Segmenter(model, device=device, dtype=torch.float32)
-            for vocab in VOCABULARIES:
-                bare.classifier(vocab)
+        for plan in frame_plans(args):
+            frames = Frames(plan, compact=args.compact)
+            input_size, output_size = describe_sizes(frames)
             base = {
-                "path": "bare_fp32_loop",
-                **common,
+                "device": device.type,
+                "gpu_name": gpu_name,
                 "model": model_name,
-                "dtype": "fp32",
-                "batch": 1,
-                "vocab_mode": vocab_modes[-1],
+                "input_size": input_size,
+                "output_size": output_size,
+                "sizes": args.sizes,
+                "compact": args.compact,
+                "code": code_version(),
             }
-            step = bare_fp32_step(bare, frames, vocab_modes[-1])
-            bare_row = measure(base, lambda step=step: timed(device, step, bare_frames, args.warmup))
-            model_rows.append(bare_row)
-            if bare_row.get("frames_per_s"):
-                for row in model_rows:
-                    if row["path"] == "segmenter" and row.get("frames_per_s"):
+            group = segmenter_rows(model, base, frames, device, args)
+            if args.bare_frames != 0:
+                bare = bare_row(model, base, frames, device, args)
+                for row in group:
+                    if bare.get("frames_per_s") and row.get("frames_per_s"):
                         row["speedup_vs_bare_fp32_loop"] = round(
-                            row["frames_per_s"] / bare_row["frames_per_s"], 3
+                            row["frames_per_s"] / bare["frames_per_s"], 3
                         )
-            del bare
-        rows.extend(model_rows)
+                group.append(bare)
+            rows.extend(group)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.san.buckets import DEFAULT_MAX_PADDING, plan_buckets
 from pipeline.san.canvas import CanvasLayout
+from pipeline.san.compiled import CompiledForward, check_compile_mode
 from pipeline.san.model import SAN
 from pipeline.san.postprocess import PostprocessResult, class_probabilities, postprocess
 from pipeline.san.preprocess import (
@@ -141,6 +142,9 @@ class Segmenter:
             sizes share a forward (`pipeline.san.buckets`); None: the device's default (0 on CPU).
         pin_memory: stage frames in page-locked host memory and copy them to the device without waiting
             (torch resizer only); None: on CUDA.
+        compile_mode: run the network through `torch.compile` in this mode (`pipeline.san.compiled`:
+            "default", "reduce-overhead" for CUDA graphs, ...); None: eager. Off by default everywhere until
+            a GPU measurement says which mode pays.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Segmenter:
         max_vocabularies: int = 256,
         max_padding: float | None = None,
         pin_memory: bool | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.max_padding = (
@@ -168,6 +173,10 @@ class Segmenter:
         if self.pin_memory and self.device.type != "cuda":
             raise ValueError("pin_memory stages frames for a CUDA device; leave it off on CPU")
         self.model = model.to(self.device).eval()
+        self.compile_mode = check_compile_mode(compile_mode)
+        self._forward: SAN | CompiledForward = (
+            self.model if compile_mode is None else CompiledForward(self.model, compile_mode)
+        )
         self.resizer = choose_resizer(resizer, self.device)
         self.tokenizer = open_clip.get_tokenizer(model.config.tokenizer)
         self.classifiers = ClassifierCache(self._build_classifier, max_entries=max_vocabularies)
@@ -253,7 +262,7 @@ class Segmenter:
             batch = normalize_and_pad([self._prepare(checked[i], geoms[i]) for i in members], bucket.canvas)
             layout = CanvasLayout(bucket.canvas, tuple(geoms[i].padded for i in members))
             with self._autocast():
-                output = self.model(batch.to(param_dtype), layout)
+                output = self._forward(batch.to(param_dtype), layout)
             embeddings = output.mask_embeddings.float()
             for slot, index in enumerate(members):
                 logits = embeddings[slot] @ self.classifiers.get(vocabs[index]).T
