@@ -68,6 +68,8 @@ class SegmentationReplica:
         max_batch_size: int,
         batch_wait_timeout_s: float,
         redis_url: str | None = None,
+        compile_mode: str | None = None,
+        max_padding: float | None = None,
     ) -> None:
         target = torch.device(
             "cuda"
@@ -77,7 +79,13 @@ class SegmentationReplica:
         # A checkpoint file says which model it is (its shapes); names and random weights need the preset.
         is_file = weights not in available_models() and weights != "random"
         san = load_checkpoint(weights, model=None if is_file else model)
-        self.segmenter = Segmenter(san, device=target, dtype=resolve_dtype(dtype, target))
+        self.segmenter = Segmenter(
+            san,
+            device=target,
+            dtype=resolve_dtype(dtype, target),
+            compile_mode=compile_mode,
+            max_padding=max_padding,
+        )
         self.segment.set_max_batch_size(max_batch_size)
         self.segment.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.name = serve.get_replica_context().replica_id.unique_id
@@ -212,6 +220,8 @@ def deploy(
         spec.model.dtype,
         spec.serve.batch_size,
         spec.serve.batch_wait_timeout_s,
+        compile_mode=spec.model.compile,
+        max_padding=spec.model.max_padding,
     )
     return serve.run(app, name=app_name(job_id), route_prefix=None)
 

@@ -16,6 +16,7 @@ from ray.serve import Application
 
 from actors.segmentation import SegmentationReplica, replica_options
 from actors.service.api import ServiceApi
+from pipeline.compile_modes import compile_mode_problem
 from pipeline.jobs.decoding import AUTO_STREAMS_PER_DECODER
 
 APP_NAME = "sanstream"
@@ -33,6 +34,9 @@ class ServiceConfig:
         autoscaling: Ray Serve autoscaling config for the pool; None keeps `num_replicas`.
         decoders: decoder processes kept warm for every job from the start (`actors.fleet`).
         streams_per_decoder: most streams a warm decoder carries before another one is started.
+        compile: the replicas' torch.compile mode (`pipeline.compile_modes`); None: eager.
+        max_padding: extra area a frame may be computed on to share a forward with other sizes
+            (`pipeline.san.buckets`); None: the device's default.
     """
 
     redis_url: str
@@ -50,8 +54,18 @@ class ServiceConfig:
     replica_resources: dict[str, float] = field(default_factory=dict)
     decoders: int = 1
     streams_per_decoder: int = AUTO_STREAMS_PER_DECODER
+    compile: str | None = None
+    max_padding: float | None = None
 
     def __post_init__(self) -> None:
+        if (problem := compile_mode_problem(self.compile)) is not None:
+            raise ValueError(f"service setting compile {problem}")
+        if self.max_padding is not None and (
+            isinstance(self.max_padding, bool)
+            or not isinstance(self.max_padding, int | float)
+            or not self.max_padding >= 0
+        ):
+            raise ValueError(f"service setting max_padding must be a number >= 0, got {self.max_padding!r}")
         for name in ("decoders", "streams_per_decoder", "num_replicas", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -92,6 +106,8 @@ def service_app(config: ServiceConfig, gpus_available: bool = False) -> Applicat
         config.batch_size,
         config.batch_wait_timeout_s,
         config.redis_url,  # replicas record their batch figures for /metrics
+        compile_mode=config.compile,
+        max_padding=config.max_padding,
     )
     fleet = {"decoders": config.decoders, "streams_per_decoder": config.streams_per_decoder}
     return ServiceApi.bind(bound_pool, config.redis_url, config.out, model, config.token, fleet)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.common import DEFAULT_OUT
+from pipeline.compile_modes import COMPILE_MODES
 from pipeline.dtypes import HELP as DTYPE_HELP
 from pipeline.dtypes import METAVAR as DTYPE_METAVAR
 from pipeline.dtypes import dtype_argument
@@ -49,6 +50,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=DTYPE_METAVAR,
         help=f"{DTYPE_HELP} (default: %(default)s)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="run the replicas' network through torch.compile in this mode (default: eager)",
+    )
+    parser.add_argument(
+        "--max-padding",
+        type=_padding,
+        default=None,
+        help="extra area a frame may be computed on to share a forward with frames of other sizes "
+        "(default: 0 on CPU, 0.5 on CUDA)",
+    )
     parser.add_argument("--replicas", type=int, default=1, help="SAN replicas in the pool (default: 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward (default: 8)")
     parser.add_argument(
@@ -72,6 +86,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also show Ray's and Serve's own logs (by default they stay in Ray's log folder)",
     )
     parser.set_defaults(handler=run)
+
+
+def _padding(text: str) -> float:
+    """`type=` for --max-padding: a finite number >= 0, or argparse's usage error (exit code 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 0 (0.5: half the frame's area again), got {text!r}"
+        )
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -164,6 +191,8 @@ def serve_until(args: argparse.Namespace, token: str | None, stop: threading.Eve
                 token=token,
                 decoders=args.decoders,
                 streams_per_decoder=args.streams_per_decoder,
+                compile=args.compile,
+                max_padding=args.max_padding,
             )
             gpus = ray.cluster_resources().get("GPU", 0) > 0
             serve.run(service_app(config, gpus), name=APP_NAME, route_prefix="/")

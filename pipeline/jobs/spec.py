@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.compile_modes import compile_mode_problem
 from pipeline.jobs.checks import Checker, join_path, show
 from pipeline.jobs.decoding import DecodingSpec, parse_decoding
 from pipeline.jobs.ids import id_problem
@@ -66,12 +67,18 @@ class JobSpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which SAN variant to load and where to run it; `weights` defaults to the model's released weights."""
+    """Which SAN variant to load and where to run it; `weights` defaults to the model's released weights.
+
+    `compile` (a torch.compile mode, `pipeline.compile_modes`) and `max_padding` (how much extra area a frame
+    may be computed on to share a forward with other sizes, `pipeline.san.buckets`) tune the replicas; None
+    keeps the device's defaults (eager; no sharing on CPU)."""
 
     name: str = "san_vit_b_16"
     weights: str = ""
     device: str = "auto"
     dtype: str = "auto"
+    compile: str | None = None
+    max_padding: float | None = None
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -128,7 +135,7 @@ class JobSpec:
 def _parse_model(c: Checker, value: Any, path: str) -> ModelSpec:
     if isinstance(value, str):
         value = {"name": value}
-    raw = c.mapping(value, path, ("name", "weights", "device", "dtype"))
+    raw = c.mapping(value, path, ("name", "weights", "device", "dtype", "compile", "max_padding"))
     if raw is None:
         return ModelSpec()
     name = ModelSpec.name
@@ -146,7 +153,15 @@ def _parse_model(c: Checker, value: Any, path: str) -> ModelSpec:
     dtype = str(raw.get("dtype", "auto"))
     if dtype not in DTYPES:
         c.error(join_path(path, "dtype"), f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return ModelSpec(name=name, weights=weights, device=device, dtype=dtype)
+    compile_mode = raw.get("compile")
+    if (problem := compile_mode_problem(compile_mode)) is not None:
+        c.error(join_path(path, "compile"), problem)
+    max_padding = None
+    if raw.get("max_padding") is not None:
+        max_padding = c.number(raw["max_padding"], join_path(path, "max_padding"), 0.0, inclusive=True)
+    return ModelSpec(
+        name=name, weights=weights, device=device, dtype=dtype, compile=compile_mode, max_padding=max_padding
+    )
 
 
 def _parse_serve(c: Checker, value: Any) -> ServeSpec:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 import torch._dynamo.config
 
+from pipeline.compile_modes import compile_mode_problem
 from pipeline.san.canvas import CanvasLayout
 from pipeline.san.model import SAN, SANOutput
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "trace")
 # Graphs kept per compiled forward before torch falls back to eager: canvases x batch sizes in use.
 RECOMPILE_LIMIT = 64
 
@@ -34,8 +34,8 @@ def static_batch_size(count: int) -> int:
 
 
 def check_compile_mode(mode: str | None) -> str | None:
-    if mode is not None and mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} or None (eager), got {mode!r}")
+    if (problem := compile_mode_problem(mode)) is not None:
+        raise ValueError(f"compile_mode {problem}")
     return mode
 
 

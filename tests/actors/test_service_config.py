@@ -95,3 +95,16 @@ def test_the_warm_decoders_are_a_service_setting_checked_up_front() -> None:
     for bad in ({"decoders": 0}, {"streams_per_decoder": -1}, {"decoders": "two"}):
         with pytest.raises(ValueError, match=f"service setting {next(iter(bad))} must be a whole number"):
             build_app({"redis_url": "redis://x", **bad})
+
+
+def test_compile_and_max_padding_reach_the_replicas_and_are_checked_up_front() -> None:
+    app = build_app({"redis_url": "redis://x", "compile": "default", "max_padding": 0.25})
+    pool = app._bound_deployment.init_args[0]._bound_deployment
+    assert (pool.init_kwargs["compile_mode"], pool.init_kwargs["max_padding"]) == ("default", 0.25)
+    plain = build_app({"redis_url": "redis://x"})._bound_deployment.init_args[0]._bound_deployment
+    assert (plain.init_kwargs["compile_mode"], plain.init_kwargs["max_padding"]) == (None, None)
+    with pytest.raises(ValueError, match="service setting compile must be one of"):
+        build_app({"redis_url": "redis://x", "compile": "fast"})
+    for bad in (-1, "half", True):
+        with pytest.raises(ValueError, match="service setting max_padding must be a number >= 0"):
+            build_app({"redis_url": "redis://x", "max_padding": bad})

@@ -207,6 +207,14 @@ def cases(s: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[str]]]:
             {"argv": ["serve", *TINY, "--address", f"127.0.0.1:{port}", "--out", out]},
             [refused],
         ),
+        "serve: unknown compile mode": (
+            {"argv": ["serve", *TINY, "--compile", "fastest", "--out", out]},
+            ["--compile", "invalid choice: 'fastest'", "reduce-overhead"],
+        ),
+        "serve: negative padding": (
+            {"argv": ["serve", *TINY, "--max-padding", "-1", "--out", out]},
+            ["--max-padding", "must be a number >= 0"],
+        ),
         "resume: its file is gone": (
             {"argv": ["resume", "left", "--out", s["jobs"]]},
             ["streams[0].source", "gone.mp4", "no such file"],
@@ -260,6 +268,8 @@ def results(setup: dict[str, Any]) -> dict[str, Any]:
         "serve: unknown model",
         "serve: no CUDA",
         "serve: no cluster",
+        "serve: unknown compile mode",
+        "serve: negative padding",
         "resume: its file is gone",
         "resume: no cluster",
         "resume: finished job",

@@ -110,6 +110,9 @@ def test_comma_string_vocabulary_and_list_synonyms():
             "did you mean 'max_replicas'",
         ),
         ("model.dtype", "int8", "model.dtype", "must be one of"),
+        ("model.compile", "fastest", "model.compile", "must be one of default, reduce-overhead"),
+        ("model.max_padding", -0.5, "model.max_padding", "must be >= 0"),
+        ("model.max_padding", "half", "model.max_padding", "must be a number"),
         ("model.device", "tpu", "model.device", "auto, cpu, cuda"),
         ("job_id", "a:b", "job_id", "outside"),
         ("output", "s3://bucket/x", "output", "directory path"),
@@ -483,3 +486,14 @@ def test_regions_alerts_and_webhook_in_the_spec():
         "webhook",
     ):
         assert expected in message, message
+
+
+def test_model_tuning_fields_round_trip():
+    spec = parse_job_spec(
+        spec_with("model", {"name": "san_vit_b_16", "compile": "reduce-overhead", "max_padding": 0.25})
+    )
+    assert (spec.model.compile, spec.model.max_padding) == ("reduce-overhead", 0.25)
+    assert parse_job_spec(spec.to_dict()) == spec
+    plain = parse_job_spec(spec_with("model", "san_vit_b_16"))
+    assert (plain.model.compile, plain.model.max_padding) == (None, None)
+    assert "compile" not in plain.to_dict()["model"]

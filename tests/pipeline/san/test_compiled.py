@@ -39,7 +39,7 @@ def test_batch_sizes_round_up_to_powers_of_two() -> None:
 
 
 def test_unknown_mode_is_refused(tiny_model: SAN) -> None:
-    with pytest.raises(ValueError, match="compile must be one of"):
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
         Segmenter(tiny_model, device="cpu", compile_mode="fastest")
 
 
