@@ -143,6 +143,12 @@ class ServiceApi:
             except JobSpecError as error:
                 raise _spec_error(error) from None
             serving = parse_job_spec({"output": "/", "streams": [_PLACEHOLDER], "model": self.model})
+            if (asked.model.compile, asked.model.max_padding) != (None, None):
+                message = (
+                    "compile and max_padding tune the service's shared pool and are set when it starts "
+                    "(sanstream serve --compile/--max-padding, or configs/serve.yaml); leave them out"
+                )
+                raise ApiError(422, f"model: {message}", [("model", message)])
             if asked.model != serving.model:
                 raise ApiError(
                     422,

@@ -393,6 +393,15 @@ def test_bad_requests_are_answered_4xx_naming_the_field(service: Service, finish
         "/jobs", {"streams": [{"id": "x", "source": str(video), "vocabulary": ["a"], "sampling": {"fps": 0}}]}
     )
     assert bad_value.status == 422 and bad_value.problem_fields() == ["streams[0].sampling.fps"], bad_value
+    tuned = service.post(
+        "/jobs",
+        {
+            "streams": [{"id": "x", "source": str(video), "vocabulary": ["a"]}],
+            "model": {"compile": "default"},
+        },
+    )
+    assert tuned.status == 422 and tuned.problem_fields() == ["model"], tuned
+    assert "sanstream serve --compile" in tuned.json["error"], tuned
     not_json = service.request("POST", "/jobs", "{not json")
     assert not_json.status == 400 and not_json.json["error"], not_json
 
