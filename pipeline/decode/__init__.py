@@ -2,10 +2,10 @@
 
 Modules: `source` opens inputs safely (allowlist, timeouts), `sampling` picks frames, `decoder` yields
 them, `seek` resumes a file at a frame by seeking, `live` keeps a live network stream going across outages
-(reconnects, stall watchdog, gap records; with `outages`, `handoff` and `interrupt`),
-`orientation` applies rotation metadata, `queues` buffers them between threads, `pacing` releases a file's
-frames at its own frame rate (`realtime: true`), `probe` describes a source up front, and `errors` holds the
-exceptions users act on.
+(gap records; `supervisor` reconnects and runs the stall watchdog, with `outages`, `handoff` and
+`interrupt`), `orientation` applies rotation metadata, `queues` buffers them between threads, `pacing`
+releases a file's frames at its own frame rate (`realtime: true`), `probe` describes a source up front,
+and `errors` holds the exceptions users act on.
 """
 
 from pipeline.decode.decoder import DecodeStats, VideoDecoder, decode_frames, iter_frames
@@ -17,7 +17,7 @@ from pipeline.decode.errors import (
     SourceStalled,
     SourceUnreachable,
 )
-from pipeline.decode.live import Gap, LiveSource, LiveStats, LiveTimeline, ReconnectPolicy, ResumePoint
+from pipeline.decode.live import Gap, LiveSource, LiveTimeline, ReconnectPolicy, ResumePoint
 from pipeline.decode.pacing import paced
 from pipeline.decode.probe import VideoInfo, probe
 from pipeline.decode.queues import FrameQueue, QueueClosed, QueuePolicy, frame_queue
@@ -29,6 +29,7 @@ from pipeline.decode.source import (
     open_source,
     source_scheme,
 )
+from pipeline.decode.supervisor import LiveStats
 
 __all__ = [
     "DEFAULT_ALLOWED_PROTOCOLS",

@@ -1,9 +1,9 @@
 """What a live stream's outages are made of: when to reconnect, the record of an outage, and the rule that
 keeps timestamps on one non-decreasing timeline across connections (and across restarted attempts).
 
-Kept apart from `live.py`'s threads and connections because these are plain values and arithmetic,
-testable without a server, and shared with the decoder actor, which continues a stream's timeline after
-a recovery.
+Kept apart from the threads and connections of `live.py` and `supervisor.py` because these are plain
+values and arithmetic, testable without a server, and shared with the decoder actor, which continues a
+stream's timeline after a recovery.
 """
 
 from __future__ import annotations
