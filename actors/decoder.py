@@ -2,10 +2,11 @@
 hand the answers to the job's writer in frame order. `actors.decoder_host.DecoderHost` runs many of these
 in one process, each a coroutine on the actor's event loop with its own decoding thread.
 
-Decoding runs in a thread that fills a bounded queue: for files the queue blocks (backpressure, nothing is
-lost), for live sources it drops the oldest frame (counted) so a slow pool never makes a camera fall
-behind real time. The loop waits on that queue without a thread of its own (`FrameQueue.get_async`), so a
-stream whose source hangs holds only its own decoding thread and never delays the others in the process.
+Decoding runs in a thread (`actors.stream_frames`) that fills a bounded queue: for files the queue blocks
+(backpressure, nothing is lost), for live sources it drops the oldest frame (counted) so a slow pool never
+makes a camera fall behind real time. The loop waits on that queue without a thread of its own
+(`FrameQueue.get_async`), so a stream whose source hangs holds only its own decoding thread and never
+delays the others in the process.
 
 Latency: answers are collected as they complete (`InFlight`), not when the in-flight window is full, and
 handed to the writer every `flush_frames` frames or, with `commit=True`, whenever `flush_interval_s` has
@@ -19,20 +20,18 @@ re-runs each of its streams' `run()`, which does the same. Output stays exactly-
 parts count and the writer drops replayed rows at or below the committed frame. A file replays from there
 (seeking to the keyframe before it). A live source cannot replay: what the failed attempt analysed but did
 not commit is lost, so the new attempt continues the timeline after the last committed frame and records
-the loss as a `gaps` row (see `ResumePoint`). While a live source cannot connect the stream's status is
-`reconnecting`, with its errors recorded at a bounded rate.
+the loss as a `gaps` row (see `actors.stream_frames`). While a live source cannot connect the stream's
+status is `reconnecting`, with its errors recorded at a bounded rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -49,19 +48,9 @@ from actors.flow import CommitClock, CommittedFrame, ConnectionStatus, InFlight
 from actors.messages import SegmentReply, SegmentRequest
 from actors.service.metrics import ray_metrics
 from actors.stream_config import JobContext, StreamOutcome
+from actors.stream_frames import StreamFrames
 from actors.writer import WriterRestarted, WriterStart
-from pipeline.decode import (
-    DecodeError,
-    Gap,
-    LiveSource,
-    ReconnectPolicy,
-    ResumePoint,
-    Sampler,
-    SourceOptions,
-    VideoDecoder,
-)
-from pipeline.decode.compact import compact_frame
-from pipeline.decode.pacing import paced
+from pipeline.decode import DecodeError, Gap
 from pipeline.decode.queues import FrameQueue, QueueClosed
 from pipeline.frames import Frame, FrameAreas
 from pipeline.jobs import stream_changes, stream_metrics
@@ -88,13 +77,7 @@ class AttemptFailed(Exception):
     """The writer or the pool failed under this attempt; the stream restarts from its committed frame."""
 
 
-def sampler_for(stream: StreamSpec) -> Sampler:
-    if stream.sampling.every is not None:
-        return Sampler(every=stream.sampling.every)
-    return Sampler(fps=stream.sampling.fps or 1.0)
-
-
-class StreamRunner:
+class StreamRunner(StreamFrames):
     """Runs one stream from its committed position to the end (or cancellation, or a decode error).
 
     `writer` is a `WriterHost` on this node, shared with other streams (of this job and others); every
@@ -160,103 +143,6 @@ class StreamRunner:
                 await asyncio.sleep(min(0.2 * outcome.recoveries, 2.0))
         # The final stream status is set by the driver, which may still retry the stream (failure policy).
         return outcome
-
-    def _produce(
-        self,
-        frames: FrameQueue[Frame],
-        begun: WriterStart,
-        resume: ResumePoint | None,
-        failure: list[BaseException],
-        counts: dict[str, int],
-        stop: threading.Event,
-        gaps: list[Gap],
-    ) -> None:
-        """Decoder thread: fill `frames` from the source; any error is handed to the consumer, which owns
-        the stream's state."""
-        try:
-            source = self._frames(begun, resume, stop, gaps, counts)
-            if self.stream.realtime and not self.stream.live:
-                source = paced(source, stop)
-            for frame in source:
-                if stop.is_set():
-                    break
-                frames.put(compact_frame(frame) if self.settings.compact_frames else frame)
-        except QueueClosed:
-            pass
-        except BaseException as error:
-            failure.append(error)
-        finally:
-            frames.close()
-
-    def _frames(
-        self,
-        begun: WriterStart,
-        resume: ResumePoint | None,
-        stop: threading.Event,
-        gaps: list[Gap],
-        counts: dict[str, int],
-    ) -> Iterator[Frame]:
-        """Sampled frames from the committed position on; `counts["decoded"]` follows the source frames
-        decoded so far (sampled or not).
-
-        Files resume at `begun.next_frame` by frame index, seeking there when the committed frame's PTS
-        confirms the file's index (see `pipeline.decode.seek`). A live source reconnects on its own
-        (capped back-off, stall watchdog) and reports outages as gaps; its frame indices count frames as
-        received and are continued here from the committed position, its timeline from the committed
-        frame (`ResumePoint`)."""
-        start = begun.next_frame
-        options = SourceOptions(
-            open_timeout=self.settings.open_timeout_s, read_timeout=self.settings.read_timeout_s
-        )
-        sampler = sampler_for(self.stream)
-        if not self.stream.live:
-            with VideoDecoder(
-                self.stream.source,
-                self.stream.id,
-                sampler,
-                start_frame_index=start,
-                resume_pts=begun.last_pts if start > 0 else None,
-                options=options,
-            ) as decoder:
-                for frame in decoder:
-                    counts["decoded"] = decoder.stats.frames_decoded
-                    yield frame
-                counts["decoded"] = decoder.stats.frames_decoded
-            return
-        with LiveSource(
-            self.stream.source,
-            self.stream.id,
-            sampler,
-            options=options,
-            reconnect=ReconnectPolicy(max_attempts=self.settings.live_max_attempts),
-            stall_timeout=self.settings.read_timeout_s,
-            on_gap=gaps.append,
-            stop=stop,
-            resume=resume,
-            on_status=self.connection,
-        ) as source:
-            for frame in source:
-                counts["decoded"] = start + source.stats.frames_decoded
-                yield dataclasses.replace(frame, frame_index=frame.frame_index + start)
-
-    def _resume_point(self, begun: WriterStart) -> ResumePoint | None:
-        """Where a live stream's new attempt continues: after the last committed frame, or after the
-        first frame of a loss when nothing was committed yet; None for a fresh stream.
-
-        The wall time of the committed frame is this actor's memory of it, or for a restarted actor (or
-        a resumed job) the time its part was recorded, a little later than the frame arrived."""
-        reason = self._loss or "restart: frames analysed after the last committed one were not kept"
-        if begun.last_pts is None:
-            lost = self._first_uncommitted
-            return None if lost is None else ResumePoint(lost.pts_seconds, lost.wall_time, reason)
-        known = self._committed
-        if known is not None and known.frame_index == begun.next_frame - 1:
-            wall = known.wall_time
-        else:
-            records = self.store.committed_parts(self.job_id, self.stream.id, "class_areas")
-            times = [float(r["time"]) for r in records if r.get("last_frame") == begun.next_frame - 1]
-            wall = max(times, default=time.time())
-        return ResumePoint(begun.last_pts, wall, reason)
 
     async def _call(self, awaitable: Any) -> Any:
         """Await a writer or pool call; a dead or unreachable actor fails the attempt, not the stream.
