@@ -23,7 +23,13 @@ from pipeline.san.buckets import DEFAULT_MAX_PADDING, plan_buckets
 from pipeline.san.canvas import CanvasLayout
 from pipeline.san.compiled import CompiledForward, check_compile_mode
 from pipeline.san.model import SAN
-from pipeline.san.postprocess import PostprocessResult, class_probabilities, postprocess
+from pipeline.san.postprocess import (
+    BAND_ELEMENTS,
+    BAND_ELEMENTS_BY_DEVICE,
+    PostprocessResult,
+    class_probabilities,
+    postprocess_batch,
+)
 from pipeline.san.preprocess import (
     ImageError,
     ImageGeometry,
@@ -78,6 +84,14 @@ def _geometry(image: np.ndarray, original: tuple[int, int] | None, index: int) -
             f"{original[1]} frame is {geom.resized[0]} x {geom.resized[1]} (pipeline.decode.compact)"
         )
     return geom
+
+
+def _by_geometry(geoms: Sequence[ImageGeometry], members: Sequence[int]) -> dict[ImageGeometry, list[int]]:
+    """`members` grouped by geometry (the same original size gives the same one): post-processed together."""
+    groups: dict[ImageGeometry, list[int]] = {}
+    for index in members:
+        groups.setdefault(geoms[index], []).append(index)
+    return groups
 
 
 def _counts_to_host(results: Sequence[PostprocessResult]) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -204,6 +218,9 @@ class Segmenter:
         """Cached classifier [C + 1, D] (float32) for a vocabulary."""
         return self.classifiers.get(validate_vocabulary(vocabulary))
 
+    def _region_tensor(self, masks: np.ndarray | None) -> torch.Tensor | None:
+        return None if masks is None else _shared_tensor(masks).to(self.device)
+
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """The uint8 image on the device. From pageable memory a copy to the GPU is synchronous, so with
         `pin_memory` the image is first staged in page-locked memory (torch's caching host allocator reuses
@@ -264,18 +281,24 @@ class Segmenter:
             with self._autocast():
                 output = self._forward(batch.to(param_dtype), layout)
             embeddings = output.mask_embeddings.float()
-            for slot, index in enumerate(members):
-                logits = embeddings[slot] @ self.classifiers.get(vocabs[index]).T
-                masks = None if regions is None else regions[index]
-                own_h, own_w = geoms[index].padded
-                processed[index] = postprocess(
-                    output.mask_logits[slot, :, : own_h // stride, : own_w // stride],
-                    class_probabilities(logits),
-                    geoms[index],
+            slots = {index: slot for slot, index in enumerate(members)}
+            for geom, same in _by_geometry(geoms, members).items():
+                own_h, own_w = geom.padded[0] // stride, geom.padded[1] // stride
+                picked = torch.tensor([slots[i] for i in same], device=output.mask_logits.device)
+                results = postprocess_batch(
+                    output.mask_logits.index_select(0, picked)[:, :, :own_h, :own_w],
+                    [
+                        class_probabilities(embeddings[slots[i]] @ self.classifiers.get(vocabs[i]).T)
+                        for i in same
+                    ],
+                    geom,
                     return_labels=return_labels,
                     return_scores=return_scores,
-                    regions=None if masks is None else _shared_tensor(masks).to(self.device),
+                    regions=None if regions is None else [self._region_tensor(regions[i]) for i in same],
+                    band_elements=BAND_ELEMENTS_BY_DEVICE.get(self.device.type, BAND_ELEMENTS),
                 )
+                for index, result in zip(same, results, strict=True):
+                    processed[index] = result
         done = [result for result in processed if result is not None]
         return [
             _to_host(vocab, result, areas)
