@@ -80,6 +80,7 @@ def sanstream(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+@pytest.mark.slow  # the CLI against a second Ray cluster; jobs on a cluster run by default (test_cluster.py)
 def test_run_on_an_existing_cluster_then_status_and_query(ray_head: str, tmp_path: Path) -> None:
     video = write_sample_video(tmp_path / "harbour cam.mp4", seconds=2, fps=10, size=(48, 64))
     out = tmp_path / "out"

@@ -92,8 +92,11 @@ def job_server(tmp_path: Path) -> Iterator[list[EmbeddedRedis]]:
 
 @pytest.mark.parametrize(
     ("signum", "how"),
-    [(signal.SIGINT, "resume"), (signal.SIGTERM, "run-again")],
-    ids=["SIGINT-then-resume", "SIGTERM-then-run-again"],
+    [
+        pytest.param(signal.SIGINT, "resume", id="SIGINT-then-resume"),
+        # The same stop by the other signal, continued by running the spec again: with `-m slow`.
+        pytest.param(signal.SIGTERM, "run-again", id="SIGTERM-then-run-again", marks=pytest.mark.slow),
+    ],
 )
 def test_signal_interrupts_cleanly_and_the_job_continues_exactly_once(
     signum: int,
@@ -167,6 +170,7 @@ def test_signal_interrupts_cleanly_and_the_job_continues_exactly_once(
         assert table_rows(tmp_path, table) == reference[table], f"{table} differs after {how}"
 
 
+@pytest.mark.slow  # two whole jobs; the persistence check itself: tests/pipeline/jobs/test_jobs_persistence.py
 def test_redis_url_must_persist_unless_allowed(
     local_ray: None, clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -193,6 +193,7 @@ def test_a_1_fps_camera_has_rows_in_parquet_within_the_flush_interval(
     assert seen - first_wall <= 15.0, f"first rows reached Parquet {seen - first_wall:.1f} s after the frame"
 
 
+@pytest.mark.slow  # a killed writer in the default run: tests/e2e/test_faults.py
 def test_a_writer_killed_mid_stream_leaves_a_gap_row_and_the_timeline_goes_on(
     local_ray: None, rtsp_server: RtspServer, tmp_path: Path
 ) -> None:

@@ -250,6 +250,7 @@ def one_stream(local_ray: None, clips: dict[str, Path], tmp_path_factory: pytest
     return SoloRun(out, outcome, watch)
 
 
+@pytest.mark.slow  # 16 streams against one (2 jobs); bench/streams.py measures RSS per stream
 def test_sixteen_streams_need_at_most_four_more_actor_processes_than_one(
     one_stream: SoloRun, clips: dict[str, Path], tmp_path: Path
 ) -> None:

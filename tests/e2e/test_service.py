@@ -568,6 +568,7 @@ def test_metrics_frames_written_equal_the_parquet_frames_per_stream(
 
 
 # ------------------------------------------------------------------- restart: the whole service dies (last)
+@pytest.mark.slow  # a whole service restarted (3 minutes); a replica killed mid-job runs by default
 def test_restart_service_killed_mid_job_is_continued_by_the_next_serve_exactly_once(
     service: Service, undisturbed: str, videos: dict[str, Path]
 ) -> None:
