@@ -198,6 +198,7 @@ def test_redis_url_must_persist_unless_allowed(
             process.wait(timeout=30)
 
 
+@pytest.mark.slow  # a stop during start-up (90 s); a stop mid-job runs by default
 def test_signal_during_start_up_and_a_forced_second_signal_leave_the_job_interrupted(
     clips: dict[str, Path], tmp_path: Path, job_server: list[EmbeddedRedis]
 ) -> None:

@@ -76,6 +76,7 @@ def check_quiet(result: subprocess.CompletedProcess[str]) -> list[str]:
     return result.stdout.splitlines()
 
 
+@pytest.mark.slow  # terminal output of a whole job at 80 columns (75 s)
 def test_run_and_status_print_only_our_own_lines_at_80_columns(tmp_path: Path, short_out: Path) -> None:
     clip = write_sample_video(tmp_path / "clip.mp4", seconds=2, fps=8, size=(96, 128))
     ran = sanstream(
